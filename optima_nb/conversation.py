@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_conversation.ipynb #0f4c9f54
 from __future__ import annotations
-import random, re, time
+import dataclasses, random, re, time
 from dataclasses import dataclass, field
 from typing import Sequence
 from tqdm.auto import tqdm
@@ -199,7 +199,7 @@ def rollout(instances: Sequence[Instance], backend: Backend, cfg: ConversationCo
 # %% ../nbs/05_conversation.ipynb #f46f2b72
 def bench_rollout(backend: Backend, instances: Sequence[Instance], cfg: ConversationConfig, seed: int = 0) -> dict:
     "Wall time of one-at-a-time vs lockstep greedy rollouts of the same conversations; identical transcripts?"
-    greedy = ConversationConfig(**{**cfg.__dict__, "temperature": 0.0})
+    greedy = dataclasses.replace(cfg, temperature=0.0)
     t0 = time.perf_counter(); alone = rollout(instances, backend, greedy, seed=seed, lockstep=False, progress=True)
     t1 = time.perf_counter(); lock = rollout(instances, backend, greedy, seed=seed, lockstep=True)
     t2 = time.perf_counter()
@@ -214,8 +214,8 @@ def measure_task(backend: Backend, instances: Sequence[Instance], cfg: Conversat
                  temperature: float = 0.7, seed: int = 0, tokenizer=None) -> dict:
     "Greedy score, pass@n_samples and average tokens of the two-agent system on `instances`."
     from optima_nb.tasks import score
-    greedy = rollout(instances, backend, ConversationConfig(**{**cfg.__dict__, "temperature": 0.0}))
-    sampled = rollout(instances, backend, ConversationConfig(**{**cfg.__dict__, "temperature": temperature}), n_samples=n_samples, seed=seed)
+    greedy = rollout(instances, backend, dataclasses.replace(cfg, temperature=0.0))
+    sampled = rollout(instances, backend, dataclasses.replace(cfg, temperature=temperature), n_samples=n_samples, seed=seed)
     by_id = {i.id: i for i in instances}
     def s(r): return score(r["final_answer"], by_id[r["instance_id"]], TASK_SPECS[r["task"]].metric, tokenizer)
     best: dict[str, float] = {}
