@@ -8,7 +8,6 @@ import asyncio, dataclasses, json, os, queue, threading, time, uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Protocol, Sequence
 import torch
 from tqdm.auto import tqdm

@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #7f5d3d6d
 from __future__ import annotations
-import argparse, json, logging, sys
+import argparse, logging, sys
 from pathlib import Path
 from .config import atomic_write_json
 from .models import DEFAULT_MODEL

@@ -4,12 +4,11 @@
 
 # %% ../nbs/05_conversation.ipynb #0f4c9f54
 from __future__ import annotations
-import dataclasses, random, re, time
+import dataclasses, functools, random, re, time
 from dataclasses import dataclass, field
 from typing import Sequence
 from tqdm.auto import tqdm
-from .backends import Backend, GenerationParams, HFBackend
-from .config import atomic_write_jsonl, read_jsonl
+from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_tag_answer, normalize_answer
 
 # %% auto #0
@@ -75,10 +74,11 @@ FORMAT_EXAMPLES = [
     ("a terse bullet list", "- Lena: Oslo\n- need: job"),
 ]
 
-def prompt_variants() -> list[str]:
-    "Suffixes appended to the base prompt: '' (base) then one per compact format."
-    return [""] + [f"\n\nWrite your messages in a compact format such as {name}, for example:\n{example}"
-                   for name, example in FORMAT_EXAMPLES]
+@functools.cache
+def prompt_variants() -> tuple[str, ...]:
+    "Suffixes appended to the base prompt: '' (base) then one per compact format (built once)."
+    return ("",) + tuple(f"\n\nWrite your messages in a compact format such as {name}, for example:\n{example}"
+                         for name, example in FORMAT_EXAMPLES)
 
 def system_prompt(inst: Instance, name: str, variant: int = 0) -> str:
     "The system prompt of agent `name` for `inst` with format variant `variant`."
