@@ -10,7 +10,7 @@ from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'build_parser', 'main']
+__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -63,6 +63,26 @@ def cmd_bench_calibrate(args) -> list[dict]:
     return rows
 
 # %% ../nbs/90_cli.ipynb #4a22751e
+def cmd_run(args) -> list[dict]:
+    "Run (or resume) an Optima training config."
+    from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
+    cfg = load_run_config(args.config)
+    OptimaRun(cfg, args.out, progress=not args.quiet).run()
+    print(format_report(report_rows(args.out)))
+    return report_rows(args.out)
+
+def cmd_report(args) -> list[dict]:
+    "Print a run directory's per-iteration table (or JSON)."
+    import json
+    from optima_nb.config import DataError
+    from optima_nb.training import format_report, report_rows
+    try: rows = report_rows(args.run_dir)
+    except FileNotFoundError as e: raise DataError(str(e)) from None
+    if args.json: print(json.dumps([{k: r[k] for k in ("iteration", "stage", "score", "tokens", "reward")} for r in rows], indent=1))
+    else: print(format_report(rows))
+    return rows
+
+# %% ../nbs/90_cli.ipynb #13aa4506
 def _bench_parser(bench, name: str, help: str, func) -> argparse.ArgumentParser:
     "A `bench` subcommand with the options every benchmark takes (`--model`, `--json`)."
     p = bench.add_parser(name, help=help)
@@ -98,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instances", type=int, default=24)
     c.add_argument("--samples", type=int, default=8)
     c.add_argument("--temperature", type=float, default=0.7)
+    r = sub.add_parser("run", help="run or resume an Optima training config")
+    r.add_argument("config", type=Path); r.add_argument("--out", type=Path, required=True, help="run directory")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+    rp = sub.add_parser("report", help="per-iteration table of a run directory")
+    rp.add_argument("run_dir", type=Path); rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_report)
     return p
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from tqdm.auto import tqdm
 from .backends import Backend, GenerationParams
-from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_tag_answer, normalize_answer
+from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
 
 # %% auto #0
 __all__ = ['IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'ANSWER_HINTS', 'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent',
@@ -33,17 +33,14 @@ def other_agent(name: str) -> str:
     return AGENTS[1 - AGENTS.index(name)]
 
 # %% ../nbs/05_conversation.ipynb #3fee600f
-IE_PROMPT = """You are {name}. You and {other} must answer a question together. You each hold different facts, and the answer needs facts from both of you, so tell {other} what matters and ask for what you miss.
-
-Question: {question}
+IE_PROMPT = """You and {other} answer a question together. You each hold different facts, and the answer may need facts from both of you.
 
 Your facts:
 {context}
 
-Rules:
-- Write only your own message; {other} answers in the next one.
-- Keep it short: share only useful facts.
-- When you know the answer, write it as <A>answer</A>. The conversation ends when you both give the same answer."""
+Question: {question}
+
+Write one short message to {other}: share the facts that matter, or ask for what you miss. When you know the answer, end your message with {answer_hint}. You are done when you both give the same answer."""
 
 SOLVER_PROMPT = """You are {name}. You solve the problem below while {other} checks your work.
 
@@ -57,7 +54,7 @@ Problem: {question}
 
 Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself. If the solution is right, confirm its final answer by writing it as {answer_hint}."""
 
-ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}"}
+ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}", "line": "the line Answer: <answer>"}
 
 # %% ../nbs/05_conversation.ipynb #554cff80
 FORMAT_EXAMPLES = [
@@ -86,17 +83,19 @@ def system_prompt(inst: Instance, name: str, variant: int = 0) -> str:
     other = other_agent(name)
     hint = ANSWER_HINTS[spec.answer_format]
     if spec.family == "ie":
-        base = IE_PROMPT.format(name=name, other=other, question=inst.question, context=inst.contexts.get(name, "(none)"))
+        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"), answer_hint=hint)
     else:
         base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint)
     return base + prompt_variants()[variant]
 
 # %% ../nbs/05_conversation.ipynb #3cadc292
-def agent_view(system: str, turns: Sequence[dict], name: str) -> list[dict]:
-    "Chat messages for agent `name`: system prompt, then the turns (own as assistant, other's as named user)."
-    msgs = [{"role": "system", "content": system}]
+def agent_view(task_prompt: str, turns: Sequence[dict], name: str) -> list[dict]:
+    "Chat messages for agent `name`: who it is, its task prompt, then the turns (own as assistant, other's as named user)."
+    msgs = [{"role": "system", "content": f"You are {name}, talking with {other_agent(name)}."},
+            {"role": "user", "content": task_prompt}]
     for t in turns:
         if t["speaker"] == name: msgs.append({"role": "assistant", "content": t["text"]})
+        elif msgs[-1]["role"] == "user": msgs[-1] = {"role": "user", "content": f"{msgs[-1]['content']}\n\n{t['speaker']}: {t['text']}"}
         else: msgs.append({"role": "user", "content": f"{t['speaker']}: {t['text']}"})
     return msgs
 
@@ -107,7 +106,8 @@ def clean_message(text: str, name: str) -> str:
 # %% ../nbs/05_conversation.ipynb #fd07a2a1
 def parse_answer(text: str, spec: TaskSpec) -> str | None:
     "The answer in a message, if any."
-    ans = extract_boxed(text) if spec.answer_format == "boxed" else extract_tag_answer(text)
+    extract = {"boxed": extract_boxed, "tag": extract_tag_answer, "line": extract_line_answer}[spec.answer_format]
+    ans = extract(text)
     return ans.strip() if ans is not None and ans.strip() else None
 
 def same_answer(a: str | None, b: str | None, spec: TaskSpec) -> bool:

@@ -14,11 +14,11 @@ from .config import DataError, iter_jsonl
 
 # %% auto #0
 __all__ = ['AGENTS', 'TASK_SPECS', 'METRICS', 'MMLU_HEADER', 'TASK_LOADERS', 'Instance', 'TaskSpec', 'extract_tag_answer',
-           'braced_content', 'extract_boxed', 'normalize_answer', 'word_f1', 'exact_match', 'token_f1', 'parse_number',
-           'numeric_match', 'math_equal', 'option_for_letter', 'score', 'get_field', 'iter_json_records',
-           'format_paragraph', 'assign_owners', 'contexts_from_owners', 'load_hotpotqa', 'load_2wmhqa', 'load_triviaqa',
-           'load_cbt', 'load_gsm8k', 'load_math', 'format_choices', 'load_arc', 'load_mmlu', 'load_task',
-           'dedupe_by_question', 'split_instances']
+           'extract_line_answer', 'braced_content', 'extract_boxed', 'normalize_answer', 'word_f1', 'exact_match',
+           'token_f1', 'parse_number', 'numeric_match', 'math_equal', 'option_for_letter', 'score', 'get_field',
+           'iter_json_records', 'format_paragraph', 'assign_owners', 'contexts_from_owners', 'load_hotpotqa',
+           'load_2wmhqa', 'load_triviaqa', 'load_cbt', 'load_gsm8k', 'load_math', 'format_choices', 'load_arc',
+           'load_mmlu', 'load_task', 'dedupe_by_question', 'split_instances']
 
 # %% ../nbs/03_tasks.ipynb #cbdb7794
 AGENTS = ("Alice", "Bob")
@@ -59,7 +59,7 @@ class TaskSpec:
     "How a task is played (family), how its answer is written (format), and how it is scored (metric)."
     name: str
     family: Literal["ie", "debate"]
-    answer_format: Literal["tag", "boxed"]
+    answer_format: Literal["tag", "boxed", "line"]
     metric: Literal["f1", "em", "numeric", "math"]
 
 TASK_SPECS: dict[str, TaskSpec] = {s.name: s for s in [
@@ -71,7 +71,7 @@ TASK_SPECS: dict[str, TaskSpec] = {s.name: s for s in [
     TaskSpec("math", "debate", "boxed", "math"),
     TaskSpec("arc", "debate", "tag", "em"),
     TaskSpec("mmlu", "debate", "tag", "em"),
-    TaskSpec("synthetic", "ie", "tag", "f1"),  # instances are generated (not read from files) in another notebook
+    TaskSpec("synthetic", "ie", "line", "f1"),  # generated in another notebook; 'Answer: x' lines suit small models
 ]}
 
 # %% ../nbs/03_tasks.ipynb #f921f5fb
@@ -84,6 +84,20 @@ def extract_tag_answer(text: str | None) -> str | None:
     return (found[-1].strip() or None) if found else None
 
 # %% ../nbs/03_tasks.ipynb #adc531ef
+_LINE_ANSWER = re.compile(r"\banswer(?:\s*[:=]|\s+is\s*:?)\s*", re.IGNORECASE)
+
+def extract_line_answer(text: str | None) -> str | None:
+    "The answer after the last `Answer:` / `the answer is` (up to the line end), or a `<A>..</A>` tag, or None."
+    if not text: return None
+    tag = extract_tag_answer(text)
+    if tag is not None: return tag
+    found = list(_LINE_ANSWER.finditer(text))
+    if not found: return None
+    ans = text[found[-1].end():].split("\n", 1)[0]
+    ans = ans.strip().strip("*").strip().rstrip(".!").strip().strip("\"'").strip()
+    return ans or None
+
+# %% ../nbs/03_tasks.ipynb #233a3815
 def braced_content(text: str, open_index: int) -> str | None:
     "Text between the `{` at `open_index` and its matching `}` (escaped braces ignored), or None if unbalanced."
     if open_index >= len(text) or text[open_index] != "{": return None
@@ -104,7 +118,7 @@ def extract_boxed(text: str | None) -> str | None:
         if content is not None: return content.strip() or None
     return None
 
-# %% ../nbs/03_tasks.ipynb #233a3815
+# %% ../nbs/03_tasks.ipynb #c51c03f7
 _PUNCTUATION = frozenset(string.punctuation)
 
 def normalize_answer(text: str) -> str:
@@ -113,7 +127,7 @@ def normalize_answer(text: str) -> str:
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
-# %% ../nbs/03_tasks.ipynb #c51c03f7
+# %% ../nbs/03_tasks.ipynb #8d36233e
 def _f1(pred_tokens: list, gold_tokens: list) -> float:
     "F1 of two token multisets (0 when they share nothing)."
     same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
@@ -129,13 +143,13 @@ def exact_match(pred: str, gold: str) -> bool:
     "Whether `pred` and `gold` are equal after normalization."
     return normalize_answer(pred) == normalize_answer(gold)
 
-# %% ../nbs/03_tasks.ipynb #8d36233e
+# %% ../nbs/03_tasks.ipynb #ae9be008
 def token_f1(pred: str, gold: str, tokenizer) -> float:
     "F1 between the tokenizer's token ids of normalized `pred` and `gold`."
     encode = lambda s: tokenizer.encode(normalize_answer(s), add_special_tokens=False) if s else []
     return _f1(encode(pred), encode(gold))
 
-# %% ../nbs/03_tasks.ipynb #ae9be008
+# %% ../nbs/03_tasks.ipynb #5940cbab
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*(?:\d+(?:\.\d*)?|\.\d+))?")
 
 def parse_number(text: str | int | float | None) -> float | None:
@@ -157,7 +171,7 @@ def numeric_match(pred: str | None, gold: str | None, tol: float = 1e-6) -> bool
     a, b = parse_number(pred), parse_number(gold)
     return a is not None and b is not None and abs(a - b) <= tol * max(1.0, abs(b))
 
-# %% ../nbs/03_tasks.ipynb #5940cbab
+# %% ../nbs/03_tasks.ipynb #4484fd09
 def _as_latex(answer: str) -> str:
     "Wrap a bare answer in `$...$` unless it already carries math delimiters or a box."
     return answer if ("$" in answer or "\\boxed" in answer or "\\(" in answer or "\\[" in answer) else f"${answer}$"
@@ -174,7 +188,7 @@ def math_equal(pred: str | None, gold: str | None) -> bool:
     except Exception:
         return False
 
-# %% ../nbs/03_tasks.ipynb #4484fd09
+# %% ../nbs/03_tasks.ipynb #a4f56b7d
 _OPTION_LETTER = re.compile(r"^\(?\s*([A-Z])\s*[).:]?$")
 
 def option_for_letter(pred: str, options: list[str]) -> str | None:
@@ -200,7 +214,7 @@ def score(pred: str | None, inst: Instance, metric: str, tokenizer=None) -> floa
     else: one = lambda g: float(math_equal(pred, g))
     return max((one(g) for g in inst.answers), default=0.0)
 
-# %% ../nbs/03_tasks.ipynb #a4f56b7d
+# %% ../nbs/03_tasks.ipynb #a406d402
 def get_field(record, key: str, types: type | tuple[type, ...], where: str):
     "Field `key` of `record` (dots walk into nested objects) checked against `types`; else `DataError` at `where`."
     value = record
@@ -224,7 +238,7 @@ def _require_object(record, where: str) -> dict:
     if not isinstance(record, dict): raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     return record
 
-# %% ../nbs/03_tasks.ipynb #a406d402
+# %% ../nbs/03_tasks.ipynb #f7aea2a9
 def _skip_ws(text: str, pos: int) -> int:
     "Index of the first non-whitespace character of `text` at or after `pos`."
     while pos < len(text) and text[pos] in " \t\r\n": pos += 1
@@ -279,7 +293,7 @@ def iter_json_records(path, array_key: str | None = None) -> Iterator[tuple[int,
     else:
         yield from iter_jsonl(path)
 
-# %% ../nbs/03_tasks.ipynb #f7aea2a9
+# %% ../nbs/03_tasks.ipynb #124f57dc
 _Row = tuple[Path, int, object]  # (file, line, record)
 
 def _collect(rows: Iterable[_Row], build: Callable[[object, Path, int], Instance | None], limit: int | None) -> list[Instance]:
@@ -300,7 +314,7 @@ def _json_rows(path, array_key: str | None = None) -> Iterator[_Row]:
     path = Path(path)
     return ((path, line, rec) for line, rec in iter_json_records(path, array_key))
 
-# %% ../nbs/03_tasks.ipynb #124f57dc
+# %% ../nbs/03_tasks.ipynb #e71e2f7e
 def format_paragraph(title: str, sentences: list[str]) -> str:
     "A paragraph as one line: `Title: sentence sentence ...`."
     return f"{title.strip()}: " + " ".join(s.strip() for s in sentences if s.strip())
@@ -317,7 +331,7 @@ def contexts_from_owners(paragraphs: list[str], owners: list[str]) -> dict[str, 
     "Each agent's private context: its paragraphs, in their original order, one per line."
     return {a: "\n".join(p for p, o in zip(paragraphs, owners) if o == a) for a in AGENTS}
 
-# %% ../nbs/03_tasks.ipynb #e71e2f7e
+# %% ../nbs/03_tasks.ipynb #a07b5823
 def _multihop_record(rec, where: str) -> dict:
     "Id, question, answers, titled paragraphs and gold titles of a HotpotQA/2WMH record in any layout."
     rec = _require_object(rec, where)
@@ -361,7 +375,7 @@ def _multihop_record(rec, where: str) -> dict:
     return dict(id=str(rid), question=question, answers=list(dict.fromkeys(answers)), titles=titles,
                 sentences=sentences, gold_titles=list(dict.fromkeys(gold)), layout=layout, meta=meta)
 
-# %% ../nbs/03_tasks.ipynb #6e4fea89
+# %% ../nbs/03_tasks.ipynb #4c091579
 def _multihop_instance(task: str, rec, path: Path, line: int, seed: int, shuffle_gold: bool, missing_gold: str) -> Instance | None:
     "An IE instance from a multi-hop record: gold paragraphs split between the agents, distractors random."
     where = f"{path}:{line}"
@@ -394,7 +408,7 @@ def load_2wmhqa(path, seed: int = 0, limit: int | None = None, missing_gold: Lit
     _check_missing_gold(missing_gold)
     return _collect(_json_rows(path), lambda rec, p, line: _multihop_instance("2wmhqa", rec, p, line, seed, False, missing_gold), limit)
 
-# %% ../nbs/03_tasks.ipynb #1efe5e28
+# %% ../nbs/03_tasks.ipynb #e38f73e7
 _EVIDENCE_TEXT_FIELDS = ("Description", "Snippet", "Text", "text", "Content", "content")
 
 def _evidence_snippets(rec: dict, where: str) -> list[str]:
@@ -429,7 +443,7 @@ def load_triviaqa(path, seed: int = 0, limit: int | None = None) -> list[Instanc
     "TriviaQA rc from its official JSON (`{\"Data\": [...]}`); evidence snippets shuffled, then alternated."
     return _collect(_json_rows(path, "Data"), lambda rec, p, line: _triviaqa_instance(rec, p, line, seed), limit)
 
-# %% ../nbs/03_tasks.ipynb #b59b1079
+# %% ../nbs/03_tasks.ipynb #82ea819a
 def _iter_cbt_blocks(path: Path) -> Iterator[tuple[int, list[str], str, str, list[str]]]:
     "Yield `(question line, story sentences, question, answer, candidates)` for each block of a CBT file."
     sentences: list[str] = []
@@ -472,7 +486,7 @@ def load_cbt(path, seed: int = 0, limit: int | None = None) -> list[Instance]:
     rows = ((path, block[0], (k, block)) for k, block in enumerate(_iter_cbt_blocks(path)))
     return _collect(rows, lambda rec, p, line: _cbt_instance(rec[1], p, rec[0]), limit)
 
-# %% ../nbs/03_tasks.ipynb #02569d25
+# %% ../nbs/03_tasks.ipynb #ce539882
 def _gsm8k_instance(rec, path: Path, line: int) -> Instance:
     "A debate instance from a GSM8K record (official or AFlow layout)."
     where = f"{path}:{line}"
@@ -490,7 +504,7 @@ def load_gsm8k(path, seed: int = 0, limit: int | None = None) -> list[Instance]:
     "GSM8K from JSONL (official `#### n` answers or AFlow number answers); gold = final number."
     return _collect(_json_rows(path), lambda rec, p, line: _gsm8k_instance(rec, p, line), limit)
 
-# %% ../nbs/03_tasks.ipynb #ce539882
+# %% ../nbs/03_tasks.ipynb #552e7955
 def _math_instance(rec, path: Path, line: int) -> Instance:
     "A debate instance from a MATH record (AFlow or MATH-500 layout)."
     where = f"{path}:{line}"
@@ -511,7 +525,7 @@ def load_math(path, seed: int = 0, limit: int | None = None) -> list[Instance]:
     "MATH from JSONL (AFlow: last `\\boxed{}` of `solution`; MATH-500: `answer`)."
     return _collect(_json_rows(path), lambda rec, p, line: _math_instance(rec, p, line), limit)
 
-# %% ../nbs/03_tasks.ipynb #552e7955
+# %% ../nbs/03_tasks.ipynb #f2ecdf2d
 def format_choices(question: str, options: list[str]) -> str:
     "The question followed by its options lettered A, B, C, ..."
     return question.strip() + "\n" + "\n".join(f"{chr(ord('A') + i)}. {o.strip()}" for i, o in enumerate(options))
@@ -535,7 +549,7 @@ def load_arc(path, seed: int = 0, limit: int | None = None) -> list[Instance]:
     "ARC-Challenge from AI2 JSONL; gold = correct choice text."
     return _collect(_json_rows(path), lambda rec, p, line: _arc_instance(rec, p, line), limit)
 
-# %% ../nbs/03_tasks.ipynb #f2ecdf2d
+# %% ../nbs/03_tasks.ipynb #53b251ab
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 _MMLU_ANSWER = {"0": 0, "1": 1, "2": 2, "3": 3, "A": 0, "B": 1, "C": 2, "D": 3}
 
@@ -573,7 +587,7 @@ def load_mmlu(path, seed: int = 0, limit: int | None = None) -> list[Instance]:
     rows = (r for f in files for r in _csv_rows(f))
     return _collect(rows, lambda row, p, line: _mmlu_instance(row, p, line), limit)
 
-# %% ../nbs/03_tasks.ipynb #53b251ab
+# %% ../nbs/03_tasks.ipynb #849db870
 TASK_LOADERS: dict[str, Callable[..., list[Instance]]] = {
     "hotpotqa": load_hotpotqa, "2wmhqa": load_2wmhqa, "triviaqa": load_triviaqa, "cbt": load_cbt,
     "gsm8k": load_gsm8k, "math": load_math, "arc": load_arc, "mmlu": load_mmlu}
@@ -585,7 +599,7 @@ def load_task(name: str, path, seed: int = 0, limit: int | None = None, **kwargs
         raise ValueError(f"task {name!r} is generated, not read from files; tasks with file loaders: {', '.join(TASK_LOADERS)}")
     return TASK_LOADERS[name](path, seed=seed, limit=limit, **kwargs)
 
-# %% ../nbs/03_tasks.ipynb #849db870
+# %% ../nbs/03_tasks.ipynb #728a7705
 def dedupe_by_question(instances: Iterable[Instance]) -> list[Instance]:
     "Instances with the first occurrence of each question (case and whitespace ignored), in order."
     seen, out = set(), []
@@ -595,7 +609,7 @@ def dedupe_by_question(instances: Iterable[Instance]) -> list[Instance]:
             seen.add(key); out.append(inst)
     return out
 
-# %% ../nbs/03_tasks.ipynb #728a7705
+# %% ../nbs/03_tasks.ipynb #d91cbd0b
 def split_instances(instances: list[Instance], sizes: dict[str, float | int], seed: int = 0) -> dict[str, list[Instance]]:
     "Disjoint named splits of sizes given as counts or fractions; deterministic in `seed`."
     keys = [(i.task, i.id) for i in instances]
