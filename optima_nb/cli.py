@@ -10,7 +10,8 @@ from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report', 'build_parser', 'main']
+__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report', 'resolve_checkpoint',
+           'cmd_eval', 'cmd_figures', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -65,9 +66,12 @@ def cmd_bench_calibrate(args) -> list[dict]:
 # %% ../nbs/90_cli.ipynb #4a22751e
 def cmd_run(args) -> list[dict]:
     "Run (or resume) an Optima training config."
+    from optima_nb.report import analyse_run
     from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
     cfg = load_run_config(args.config)
-    OptimaRun(cfg, args.out, progress=not args.quiet).run()
+    run = OptimaRun(cfg, args.out, progress=not args.quiet)
+    run.run()
+    analyse_run(run)
     print(format_report(report_rows(args.out)))
     return report_rows(args.out)
 
@@ -83,6 +87,39 @@ def cmd_report(args) -> list[dict]:
     return rows
 
 # %% ../nbs/90_cli.ipynb #13aa4506
+def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
+    "(model, adapter) for `base`, an adapter folder or a train stage folder with checkpoint.json."
+    from optima_nb.models import ModelNotFoundError
+    if spec == "base": return model, None
+    p = Path(spec)
+    if (p / "checkpoint.json").exists():
+        from optima_nb.training import read_checkpoint
+        ck = read_checkpoint(p, p.parent.parent)
+        return ck["model"], ck["adapter"]
+    if (p / "adapter_config.json").exists(): return model, str(p)
+    raise ModelNotFoundError(f"{spec}: not 'base', a PEFT adapter folder or a train stage folder with checkpoint.json")
+
+def cmd_eval(args) -> dict:
+    "Evaluate a checkpoint on a config's held-out split."
+    from optima_nb.evaluation import evaluate_checkpoint
+    from optima_nb.training import load_run_config, load_splits
+    cfg = load_run_config(args.config)
+    model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
+    summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
+                                  n_samples=args.samples, temperature=args.temperature, progress=not args.quiet)
+    print(f"score {summary['score']:.3f}  tokens {summary['tokens']:.1f}  n {summary['n']}  answered {summary['n_answered']}  -> {args.out}")
+    return summary
+
+def cmd_figures(args) -> list:
+    "Regenerate figures and the results table from run directories."
+    from optima_nb.config import DataError
+    from optima_nb.report import make_figures
+    try: files = make_figures(args.run_dirs, args.out)
+    except FileNotFoundError as e: raise DataError(str(e)) from None
+    for f in files: print(f)
+    return files
+
+# %% ../nbs/90_cli.ipynb #757870e9
 def _bench_parser(bench, name: str, help: str, func) -> argparse.ArgumentParser:
     "A `bench` subcommand with the options every benchmark takes (`--model`, `--json`)."
     p = bench.add_parser(name, help=help)
@@ -125,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="per-iteration table of a run directory")
     rp.add_argument("run_dir", type=Path); rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=cmd_report)
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a config's held-out split")
+    e.add_argument("config", type=Path)
+    e.add_argument("--checkpoint", required=True, help="'base', a PEFT adapter folder, or a run's iter_NN/train folder")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--samples", type=int, default=1); e.add_argument("--temperature", type=float, default=0.0)
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+    f = sub.add_parser("figures", help="paper figures and results table from run directories")
+    f.add_argument("run_dirs", type=Path, nargs="+"); f.add_argument("--out", type=Path, default=Path("figures"))
+    f.set_defaults(func=cmd_figures)
     return p
 
 def main(argv: list[str] | None = None) -> int:

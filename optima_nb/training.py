@@ -20,10 +20,10 @@ from .reward import RewardConfig, percentile_normalizer
 from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_instances
 
 # %% auto #0
-__all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'RunConfig', 'load_run_config',
-           'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir', 'yaml_load', 'write_checkpoint',
-           'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval',
-           'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+__all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
+           'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir', 'yaml_load',
+           'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records',
+           'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -65,6 +65,16 @@ class EvalConfig:
     temperature: float = 0.0
 
 @dataclass
+class AnalysisConfig:
+    "Baselines and inference-scaling samples run after training (see `optima_nb.report`)."
+    enabled: bool = True
+    baselines: list[Literal["cot", "self_consistency", "debate"]] = field(default_factory=lambda: ["cot", "self_consistency", "debate"])
+    baseline_max_new_tokens: int = 96
+    sc_samples: int = 4
+    scaling_samples: int = 8
+    scaling_temperature: float = 0.5
+
+@dataclass
 class RunConfig:
     "Everything one Optima training run needs."
     name: str = "run"
@@ -81,6 +91,7 @@ class RunConfig:
     sft: TrainConfig = field(default_factory=TrainConfig)
     dpo: TrainConfig = field(default_factory=lambda: TrainConfig(loss="rpo"))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 def load_run_config(path) -> RunConfig:
     "Read a run config from YAML (errors name the file and key)."
@@ -435,6 +446,7 @@ def tiny_run_config(model_path: str, schedule: Sequence[str], **overrides) -> Ru
                     sampling=SamplingConfig(n_samples=2), selection=SelectionConfig(epsilon=-10.0),
                     mcts=MCTSConfig(n_rounds=1, rollouts_per_expansion=2, max_depth=2, min_chosen_value=-10.0, min_gap=-1.0, score_low=-3.0, score_high=2.0),
                     sft=TrainConfig(num_epochs=1, per_device_batch_size=2, max_length=512, learning_rate=1e-3),
-                    dpo=TrainConfig(num_epochs=1, per_device_batch_size=2, max_length=512, learning_rate=1e-3, loss="rpo"))
+                    dpo=TrainConfig(num_epochs=1, per_device_batch_size=2, max_length=512, learning_rate=1e-3, loss="rpo"),
+                    analysis=AnalysisConfig(baselines=["cot"], baseline_max_new_tokens=6, sc_samples=2, scaling_samples=2))
     for k, v in overrides.items(): setattr(cfg, k, v)
     return cfg
