@@ -68,7 +68,7 @@ def cmd_run(args) -> list[dict]:
     "Run (or resume) an Optima training config."
     from optima_nb.report import analyse_run
     from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
-    cfg = load_run_config(args.config)
+    cfg = load_run_config(args.config, args.set)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
     run.run()
     analyse_run(run)
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run or resume an Optima training config")
     r.add_argument("config", type=Path); r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.name=/models/llama")
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="per-iteration table of a run directory")
     rp.add_argument("run_dir", type=Path); rp.add_argument("--json", action="store_true")

@@ -21,9 +21,9 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
-           'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir', 'yaml_load',
-           'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records',
-           'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir',
+           'yaml_load', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards',
+           'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -43,6 +43,7 @@ class ModelConfig:
     backend: Literal["hf", "vllm"] = "hf"
     max_batch_size: int = 64
     gpu_memory_utilization: float = 0.85   # vllm only
+    tensor_parallel_size: int = 1          # vllm only
 
 @dataclass
 class SamplingConfig:
@@ -93,9 +94,27 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
-def load_run_config(path) -> RunConfig:
-    "Read a run config from YAML (errors name the file and key)."
-    return load_config(RunConfig, path)
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
+    import yaml
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key: raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.name=/models/llama")
+        node, parts = data, key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict): raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return data
+
+def load_run_config(path, overrides: Sequence[str] = ()) -> RunConfig:
+    "Read a run config from YAML with optional `key=value` overrides (errors name the file and key)."
+    import yaml
+    path = Path(path)
+    if not path.exists(): raise ConfigError(f"{path}: config file not found")
+    try: data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    return from_dict(RunConfig, apply_overrides(data, overrides), str(path))
 
 def schedule_for(mode: Literal["isft", "idpo", "isft-dpo"], iterations: int) -> list[str]:
     "The paper's training modes as iteration schedules."
@@ -104,7 +123,7 @@ def schedule_for(mode: Literal["isft", "idpo", "isft-dpo"], iterations: int) -> 
     if mode == "isft-dpo": return ["sft", "dpo"] * iterations
     raise ValueError(f"unknown mode {mode!r}: use isft, idpo or isft-dpo")
 
-# %% ../nbs/09_training.ipynb #b81babac
+# %% ../nbs/09_training.ipynb #87f52f11
 def load_splits(cfg: TaskConfig) -> dict[str, list[Instance]]:
     "Train and held-out instances for a task config."
     if cfg.name == "synthetic":
@@ -117,7 +136,7 @@ def load_splits(cfg: TaskConfig) -> dict[str, list[Instance]]:
     if len(instances) < need: raise ConfigError(f"task.n_train + task.n_eval = {need} but {cfg.path} has {len(instances)} instances")
     return split_instances(instances, {"train": cfg.n_train, "eval": cfg.n_eval}, seed=cfg.seed)
 
-# %% ../nbs/09_training.ipynb #03c2fc62
+# %% ../nbs/09_training.ipynb #3754fd7e
 def select_best_of_n(records: Sequence[dict], top_fraction: float, epsilon: float) -> list[dict]:
     "The best trajectory of the top `top_fraction` instances whose best reward is at least `epsilon`."
     best: dict[str, dict] = {}
@@ -127,7 +146,7 @@ def select_best_of_n(records: Sequence[dict], top_fraction: float, epsilon: floa
     keep = ranked[:math.ceil(top_fraction * len(ranked))]
     return [r for r in keep if r["reward"] >= epsilon]
 
-# %% ../nbs/09_training.ipynb #b49c170a
+# %% ../nbs/09_training.ipynb #a0090f54
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
@@ -183,7 +202,7 @@ def yaml_load(path) -> dict:
     import yaml
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
-# %% ../nbs/09_training.ipynb #51d59e01
+# %% ../nbs/09_training.ipynb #e1956817
 def write_checkpoint(stage_dir: Path, run_root: Path, model: str, adapter: Path | None) -> dict:
     "Record which model (and adapter) a train stage produced."
     def rel(p):
@@ -203,12 +222,12 @@ def read_checkpoint(stage_dir: Path, run_root: Path) -> dict:
     fix = lambda v: str(Path(run_root) / v.removeprefix("@run/")) if isinstance(v, str) and v.startswith("@run/") else v
     return {k: fix(v) for k, v in ck.items()}
 
-# %% ../nbs/09_training.ipynb #c6b78edb
+# %% ../nbs/09_training.ipynb #e097de30
 def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progress: bool = False):
     "A generation backend for a checkpoint."
     if cfg.backend == "vllm":
         from optima_nb.backends import VLLMBackend
-        return VLLMBackend(model, adapter=adapter, gpu_memory_utilization=cfg.gpu_memory_utilization)
+        return VLLMBackend(model, adapter=adapter, gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
     from optima_nb.backends import HFBackend
     return HFBackend.from_pretrained(model, adapter=adapter, max_batch_size=cfg.max_batch_size, progress=progress)
 
@@ -227,7 +246,7 @@ def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardC
     parts = reward_trajectories(records, by_id, cfg, scorer, calibration_tokens=calibration_tokens)
     return [{**r, **p} for r, p in zip(records, parts)]
 
-# %% ../nbs/09_training.ipynb #e097de30
+# %% ../nbs/09_training.ipynb #58cc0922
 def rollout_records(instances, backend, conv: ConversationConfig, n_samples: int, variants, seed: int, progress=False) -> list[dict]:
     "Lockstep rollouts as records."
     convs = make_conversations(instances, n_samples, variants, seed)
@@ -241,7 +260,7 @@ def summarize_eval(records: list[dict]) -> dict:
             "n_answered": sum(r["final_answer"] is not None for r in records),
             "agreed": sum(r["stop_reason"] == "agreed" for r in records)}
 
-# %% ../nbs/09_training.ipynb #58cc0922
+# %% ../nbs/09_training.ipynb #fb6ea5c2
 class OptimaRun:
     "An Optima training run over a resumable run directory."
     def __init__(self, cfg: RunConfig, out, progress: bool = True):
@@ -416,7 +435,7 @@ class OptimaRun:
         "Rewrite metrics.jsonl atomically from the finished evaluate stages."
         return atomic_write_jsonl(self.rd.root / "metrics.jsonl", self.metrics())
 
-# %% ../nbs/09_training.ipynb #fb6ea5c2
+# %% ../nbs/09_training.ipynb #72100158
 def report_rows(run_dir) -> list[dict]:
     "Per-iteration held-out metrics with ratios to the untrained system."
     path = Path(run_dir) / "metrics.jsonl"
@@ -437,7 +456,7 @@ def format_report(rows: Sequence[dict]) -> str:
                      f"{ratio(r['score_ratio']):>10} {ratio(r['token_ratio']):>11} {r.get('wall_s', 0):>7.1f}")
     return "\n".join(lines)
 
-# %% ../nbs/09_training.ipynb #34282752
+# %% ../nbs/09_training.ipynb #9ec3fbf3
 def tiny_run_config(model_path: str, schedule: Sequence[str], **overrides) -> RunConfig:
     "A seconds-long run config on a tiny model (for tests and examples)."
     cfg = RunConfig(name="tiny", schedule=list(schedule), task=TaskConfig(n_train=2, n_eval=2),
