@@ -21,6 +21,7 @@ $(STAMP): setup.py settings.ini
 
 demo: setup
 	$(VENV)/bin/optima run configs/demo.yaml --out runs/demo
+	$(VENV)/bin/optima figures runs/demo --out figures
 
 test: setup
 	timeout $(TEST_TIMEOUT) $(PY) -m pytest tests -q -p no:cacheprovider
