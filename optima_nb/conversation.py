@@ -12,9 +12,10 @@ from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
 
 # %% auto #0
-__all__ = ['IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'ANSWER_HINTS', 'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent',
-           'prompt_variants', 'system_prompt', 'agent_view', 'clean_message', 'parse_answer', 'same_answer',
-           'Conversation', 'make_conversations', 'play', 'rollout', 'bench_rollout', 'measure_task']
+__all__ = ['IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'ANSWER_HINTS', 'ANSWER_EXAMPLES', 'FORMAT_EXAMPLES',
+           'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view', 'clean_message',
+           'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout', 'bench_rollout',
+           'measure_task']
 
 # %% ../nbs/05_conversation.ipynb #91bcbd20
 from .tasks import AGENTS
@@ -33,14 +34,13 @@ def other_agent(name: str) -> str:
     return AGENTS[1 - AGENTS.index(name)]
 
 # %% ../nbs/05_conversation.ipynb #3fee600f
-IE_PROMPT = """You and {other} answer a question together. You each hold different facts, and the answer may need facts from both of you.
+IE_PROMPT = """Read your facts and answer the question with {other}; {other} has other facts. Example:
+Facts: Mira's pet is a cat.
+Question: What is Mira's pet?
+Reply: Mira's pet is a cat. {example_answer}
 
-Your facts:
-{context}
-
-Question: {question}
-
-Write one short message to {other}: share the facts that matter, or ask for what you miss. When you know the answer, end your message with {answer_hint}. You are done when you both give the same answer."""
+Facts: {context}
+Question: {question}"""
 
 SOLVER_PROMPT = """You are {name}. You solve the problem below while {other} checks your work.
 
@@ -54,7 +54,8 @@ Problem: {question}
 
 Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself. If the solution is right, confirm its final answer by writing it as {answer_hint}."""
 
-ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}", "line": "the line Answer: <answer>"}
+ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}", "line": "Answer: <answer>"}
+ANSWER_EXAMPLES = {"tag": "<A>cat</A>", "boxed": "\\boxed{cat}", "line": "Answer: cat"}
 
 # %% ../nbs/05_conversation.ipynb #554cff80
 FORMAT_EXAMPLES = [
@@ -83,7 +84,8 @@ def system_prompt(inst: Instance, name: str, variant: int = 0) -> str:
     other = other_agent(name)
     hint = ANSWER_HINTS[spec.answer_format]
     if spec.family == "ie":
-        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"), answer_hint=hint)
+        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"),
+                                example_answer=ANSWER_EXAMPLES[spec.answer_format])
     else:
         base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint)
     return base + prompt_variants()[variant]
