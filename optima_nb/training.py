@@ -204,14 +204,13 @@ def yaml_load(path) -> dict:
 
 # %% ../nbs/09_training.ipynb #e1956817
 def write_checkpoint(stage_dir: Path, run_root: Path, model: str, adapter: Path | None) -> dict:
-    "Record which model (and adapter) a train stage produced."
+    "Record which model (and adapter) a train stage produced (paths inside the run stored relative to it)."
+    stage_dir, run_root = Path(stage_dir).resolve(), Path(run_root).resolve()
+    final_stage = stage_dir.with_name(stage_dir.name.removesuffix(".tmp"))
     def rel(p):
-        p = Path(p)
-        if not p.is_absolute(): return str(p)
-        # the stage is written in `<stage>.tmp` and renamed: store the final location
-        p = Path(str(p).replace(str(stage_dir), str(stage_dir.with_name(stage_dir.name.removesuffix(".tmp")))))
-        try: return "@run/" + str(p.relative_to(run_root))
-        except ValueError: return str(p)
+        p = Path(p).resolve()
+        if p.is_relative_to(stage_dir): p = final_stage / p.relative_to(stage_dir)   # written in `<stage>.tmp`, renamed later
+        return "@run/" + str(p.relative_to(run_root)) if p.is_relative_to(run_root) else str(p)
     ck = {"model": rel(model) if Path(model).exists() else model, "adapter": rel(adapter) if adapter else None}
     atomic_write_json(stage_dir / "checkpoint.json", ck)
     return ck
