@@ -126,7 +126,7 @@ def tradeoff_figure(points: Sequence[dict], log_tokens: bool | None = None, log_
             ax.set_xlabel("avg. tokens per conversation")
             ax.set_ylabel("score (F1 / accuracy, %)")
         handles = [Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], linestyle="-", label=m) for m in methods]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(methods), 4), frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(methods), 2 * len(axes)), frameon=False)
     return fig
 
 def plot_tradeoff(points: Sequence[dict], out_stem: str | os.PathLike, log_tokens: bool | None = None) -> list[Path]:
