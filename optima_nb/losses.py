@@ -62,9 +62,10 @@ def count_tokens(tokenizer, messages: Sequence[dict], add_generation_prompt: boo
     return len(tokenizer(render_chat(tokenizer, messages, add_generation_prompt), add_special_tokens=False)["input_ids"])
 
 def fit_messages(tokenizer, messages: Sequence[dict], max_length: int, keep_last: int = 1) -> list[dict]:
-    "Drop the oldest messages after the system prompt until the rendering fits `max_length` tokens (the last `keep_last` stay)."
+    "Drop the oldest turns after the system prompt and task prompt until the rendering fits `max_length` tokens (the last `keep_last` stay)."
     messages = list(messages)
     first = 1 if messages and messages[0]["role"] == "system" else 0
+    if len(messages) > first + keep_last and messages[first]["role"] == "user": first += 1  # the task prompt (facts, question) stays
     while len(messages) - first > keep_last and count_tokens(tokenizer, messages) > max_length:
         del messages[first]
     return messages
