@@ -179,6 +179,7 @@ class BatchingQueue:
             while len(items) < self.max_batch:
                 try: items.append(self._q.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty: break
+            items = [it for it in items if it[2].set_running_or_notify_cancel()]  # a caller that gave up is skipped
             groups: dict[str, list] = {}
             for it in items: groups.setdefault(json.dumps(dataclasses.asdict(it[1]), sort_keys=True), []).append(it)
             for group in groups.values():
@@ -192,7 +193,7 @@ class BatchingQueue:
         "Stop the worker thread."
         self._closed.set(); self._worker.join(timeout=5)
 
-# %% ../nbs/02_backends.ipynb #6e8a5228
+# %% ../nbs/02_backends.ipynb #92ce365c
 def _completion_response(model: str, completions: list[Completion]) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -261,7 +262,7 @@ class OpenAICompatibleServer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/02_backends.ipynb #92ce365c
+# %% ../nbs/02_backends.ipynb #9b7ab834
 class OpenAIBackend:
     "Chat completions from an OpenAI-compatible endpoint, with a concurrency limit and retries."
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
@@ -309,7 +310,7 @@ class OpenAIBackend:
         t.start(); t.join()
         return box["r"]
 
-# %% ../nbs/02_backends.ipynb #6b01fa56
+# %% ../nbs/02_backends.ipynb #57f6b125
 BENCH_TOPICS = ["rivers", "bread", "volcanoes", "chess", "bees", "trains", "glaciers", "violins", "deserts", "owls",
                 "bridges", "tea", "comets", "coral reefs", "maps", "lighthouses", "wolves", "paper", "tides", "castles",
                 "mushrooms", "kites", "salt", "clocks", "penguins", "bicycles", "caves", "honey", "storms", "lanterns",

@@ -4,14 +4,14 @@
 
 # %% ../nbs/90_cli.ipynb #7f5d3d6d
 from __future__ import annotations
-import argparse, logging, sys
+import argparse, json, logging, sys
 from pathlib import Path
 from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
 __all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report', 'resolve_checkpoint',
-           'cmd_eval', 'cmd_figures', 'build_parser', 'main']
+           'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -120,6 +120,16 @@ def cmd_figures(args) -> list:
     return files
 
 # %% ../nbs/90_cli.ipynb #757870e9
+def cmd_scoreflow(args):
+    "Run a ScoreFlow config, or its DPO vs Score-DPO ablation."
+    from optima_nb.scoreflow import ablation, load_scoreflow_config, run_scoreflow
+    cfg = load_scoreflow_config(args.config)
+    if args.ablation: return ablation(cfg, args.out, progress=not args.quiet)
+    rows = run_scoreflow(cfg, args.out, progress=not args.quiet)
+    for r in rows: print(json.dumps(r))
+    return rows
+
+# %% ../nbs/90_cli.ipynb #b63d96a3
 def _bench_parser(bench, name: str, help: str, func) -> argparse.ArgumentParser:
     "A `bench` subcommand with the options every benchmark takes (`--model`, `--json`)."
     p = bench.add_parser(name, help=help)
@@ -173,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("figures", help="paper figures and results table from run directories")
     f.add_argument("run_dirs", type=Path, nargs="+"); f.add_argument("--out", type=Path, default=Path("figures"))
     f.set_defaults(func=cmd_figures)
+    sf = sub.add_parser("scoreflow", help="run a ScoreFlow config (workflow generator trained with Score-DPO)")
+    sf.add_argument("config", type=Path); sf.add_argument("--out", type=Path, required=True)
+    sf.add_argument("--ablation", action="store_true", help="DPO vs Score-DPO on the same preference data and seeds")
+    sf.add_argument("-q", "--quiet", action="store_true")
+    sf.set_defaults(func=cmd_scoreflow)
     return p
 
 def main(argv: list[str] | None = None) -> int:
