@@ -14,7 +14,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from torch.utils.data import WeightedRandomSampler
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from .config import load_config, read_jsonl
 from .conversation import agent_view, system_prompt
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'render_chat', 'own_turn_spans', 'label_spans', 'count_tokens',
            'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config', 'score_dpo_loss',
            'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer', 'training_kwargs',
-           'load_policy', 'save_trained', 'build_sft_trainer', 'train_sft', 'preference_rows', 'check_scores',
-           'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main']
+           'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer', 'train_sft', 'preference_rows',
+           'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -246,6 +246,14 @@ def _tmp_dir(out_dir: Path) -> Path:
     state.wait_for_everyone()
     return tmp
 
+def fit_and_save(build: Callable[[Path], Trainer], out_dir: str | os.PathLike) -> Path:
+    "Build a trainer in a fresh temporary sibling of `out_dir`, train it, and publish the result as `out_dir`."
+    out_dir = Path(out_dir)
+    tmp = _tmp_dir(out_dir)
+    trainer = build(tmp)
+    trainer.train()
+    return save_trained(trainer, tmp, out_dir)
+
 def save_trained(trainer, tmp: Path, out_dir: Path) -> Path:
     "Save the trained adapter (or full model) and tokenizer into `tmp`, then rename it to `out_dir`."
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -273,11 +281,7 @@ def build_sft_trainer(base_model_path: str | os.PathLike, examples: Sequence[dic
 def train_sft(base_model_path: str | os.PathLike, examples: Sequence[dict], cfg: TrainConfig, out_dir: str | os.PathLike,
               init_adapter: str | os.PathLike | None = None) -> Path:
     "Supervised fine-tuning on own-turn examples; returns `out_dir` holding the adapter (or full model) and tokenizer."
-    out_dir = Path(out_dir)
-    tmp = _tmp_dir(out_dir)
-    trainer = build_sft_trainer(base_model_path, examples, cfg, tmp, init_adapter)
-    trainer.train()
-    return save_trained(trainer, tmp, out_dir)
+    return fit_and_save(lambda tmp: build_sft_trainer(base_model_path, examples, cfg, tmp, init_adapter), out_dir)
 
 # %% ../nbs/08_losses.ipynb #310803c5
 def preference_rows(pairs: Sequence[dict], tokenizer, max_length: int, with_scores: bool) -> list[dict]:
@@ -325,11 +329,7 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
 def train_dpo(base_model_path: str | os.PathLike, pairs: Sequence[dict], cfg: TrainConfig, out_dir: str | os.PathLike,
               init_adapter: str | os.PathLike | None = None) -> Path:
     "DPO / RPO / Score-DPO on preference pairs; returns `out_dir` holding the adapter (or full model) and tokenizer."
-    out_dir = Path(out_dir)
-    tmp = _tmp_dir(out_dir)
-    trainer = build_dpo_trainer(base_model_path, pairs, cfg, tmp, init_adapter)
-    trainer.train()
-    return save_trained(trainer, tmp, out_dir)
+    return fit_and_save(lambda tmp: build_dpo_trainer(base_model_path, pairs, cfg, tmp, init_adapter), out_dir)
 
 # %% ../nbs/08_losses.ipynb #c2505eeb
 def train_from_files(kind: Literal["sft", "dpo"], base_model: str | os.PathLike, data_path: str | os.PathLike,
