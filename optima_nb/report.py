@@ -10,7 +10,7 @@ from typing import Sequence
 import yaml
 from .config import atomic_write_json, atomic_write_jsonl, atomic_write_text, from_dict, read_jsonl, to_dict
 from .conversation import ConversationConfig
-from .training import OptimaRun, RunConfig, load_splits, report_rows, rollout_records
+from .training import OptimaRun, RunConfig, load_run_config, load_splits, report_rows, rollout_records
 
 # %% auto #0
 __all__ = ['BASELINE_NAMES', 'baseline_config', 'baselines_stage', 'scaling_stage', 'analyse_run', 'run_config', 'method_label',
@@ -57,7 +57,7 @@ def run_config(run_dir) -> RunConfig:
     "The config snapshot of a run directory."
     path = Path(run_dir) / "config.yaml"
     if not path.exists(): raise FileNotFoundError(f"{path}: not a run directory (no config snapshot)")
-    return from_dict(RunConfig, yaml.safe_load(path.read_text()), str(path))
+    return load_run_config(path)
 
 def method_label(schedule: Sequence[str]) -> str:
     "Name of a training schedule in the paper's terms."

@@ -22,8 +22,8 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
            'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir',
-           'yaml_load', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards',
-           'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+           'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records',
+           'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -161,9 +161,10 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         snap = self.root / "config.yaml"
         if snap.exists():
-            old = yaml_load(snap)
-            if old != to_dict(cfg):
-                diff = sorted(k for k in set(old) | set(to_dict(cfg)) if old.get(k) != to_dict(cfg).get(k))
+            import yaml
+            old, new = yaml.safe_load(snap.read_text(encoding="utf-8")), to_dict(cfg)
+            if old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigError(f"{snap}: this run directory was started with a different config (sections {', '.join(diff)} differ); use a new --out")
         else: save_config(cfg, snap)
         return self
@@ -196,11 +197,6 @@ class RunDir:
     def info(self, iteration, stage: str) -> dict:
         "What a finished stage recorded in its DONE marker."
         return json.loads((self.path(iteration, stage) / "DONE").read_text())
-
-def yaml_load(path) -> dict:
-    "Plain YAML read."
-    import yaml
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 # %% ../nbs/09_training.ipynb #e1956817
 def write_checkpoint(stage_dir: Path, run_root: Path, model: str, adapter: Path | None) -> dict:
