@@ -237,20 +237,19 @@ def load_policy(base_model_path: str | os.PathLike, cfg: TrainConfig, init_adapt
     peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=cfg.lora)
     return (peft_model if cfg.lora else peft_model.merge_and_unload()), tok, None
 
-def _tmp_dir(out_dir: Path) -> Path:
-    "Fresh temporary sibling of `out_dir` (created by the main process)."
-    tmp, state = out_dir.with_suffix(".tmp"), PartialState()
-    if state.is_main_process:
+def _clear_tmp(trainer: Trainer, tmp: Path) -> None:
+    "Empty the trainer's temporary output dir `tmp` (left by a killed run) on the main process; all processes wait."
+    if trainer.accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    state.wait_for_everyone()
-    return tmp
+    trainer.accelerator.wait_for_everyone()
 
 def fit_and_save(build: Callable[[Path], Trainer], out_dir: str | os.PathLike) -> Path:
     "Build a trainer in a fresh temporary sibling of `out_dir`, train it, and publish the result as `out_dir`."
     out_dir = Path(out_dir)
-    tmp = _tmp_dir(out_dir)
-    trainer = build(tmp)
+    tmp = out_dir.with_suffix(".tmp")
+    trainer = build(tmp)  # the trainer's arguments set up the distributed state, so build before any barrier
+    _clear_tmp(trainer, tmp)
     trainer.train()
     return save_trained(trainer, tmp, out_dir)
 

@@ -52,7 +52,7 @@ def test_sft_on_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)
     wall = time.perf_counter() - start
     print(f"accelerate launch, 2 CPU processes, 2 SFT steps: {wall:.1f} s")
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert proc.returncode == 0, proc.stderr[-60000:]
     assert "trained sft on 2 process(es), backend gloo" in proc.stderr, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
