@@ -4,14 +4,14 @@
 
 # %% ../nbs/90_cli.ipynb #7f5d3d6d
 from __future__ import annotations
-import argparse, json, logging, sys
+import argparse, dataclasses, json, logging, sys
 from pathlib import Path
 from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report', 'resolve_checkpoint',
-           'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report',
+           'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -47,20 +47,30 @@ def cmd_bench_rollout(args) -> dict:
     return res
 
 # %% ../nbs/90_cli.ipynb #78a02852
+def calibrate_setup(args):
+    "Backend, conversation config and levels for `bench calibrate`: from `--config` (a run config) or the options."
+    from optima_nb.backends import HFBackend
+    if args.config is None: return (*_conversation_setup(args), args.difficulties or [0, 1, 2, 3, 4])
+    from optima_nb.training import load_run_config
+    run_cfg = load_run_config(args.config)
+    if run_cfg.task.name != "synthetic": raise SystemExit(f"{args.config}: task.name is {run_cfg.task.name!r}; calibrate measures the synthetic task")
+    backend = HFBackend.from_pretrained(run_cfg.model.name, max_batch_size=args.max_batch_size)
+    return backend, run_cfg.conversation, args.difficulties or [run_cfg.task.difficulty]
+
 def cmd_bench_calibrate(args) -> list[dict]:
     "Measure the synthetic task per difficulty level; print a table, optionally write JSON."
     from optima_nb.conversation import measure_task
     from optima_nb.synthetic import make_synthetic
-    backend, cfg = _conversation_setup(args)
+    backend, cfg, levels = calibrate_setup(args)
     rows = []
     print(f"{'level':>5} {'greedy':>7} {'pass@k':>7} {'sampled':>8} {'tokens':>7} {'agreed':>7}")
-    for level in args.difficulties:
+    for level in levels:
         m = measure_task(backend, make_synthetic(args.instances, difficulty=level, seed=args.seed), cfg,
                          n_samples=args.samples, temperature=args.temperature, seed=args.seed)
         rows.append({"difficulty": level, **m})
         print(f"{level:>5} {m['greedy_score']:>7.3f} {m['pass_at_k']:>7.3f} {m['sample_score']:>8.3f} {m['greedy_tokens']:>7.1f} {m['agreed']:>7.2f}")
-    if args.json: atomic_write_json(args.json, {"model": str(args.model), "max_turns": args.max_turns,
-                                                "max_message_tokens": args.max_message_tokens, "levels": rows})
+    if args.json: atomic_write_json(args.json, {"config": str(args.config) if args.config else None, "conversation": dataclasses.asdict(cfg),
+                                                "levels": rows})
     return rows
 
 # %% ../nbs/90_cli.ipynb #4a22751e
@@ -161,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--difficulty", type=int, default=1)
     c = _add_rollout_args(_bench_parser(bench, "calibrate", "greedy score and pass@k of the untrained system per synthetic difficulty",
                                         cmd_bench_calibrate))
-    c.add_argument("--difficulties", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    c.add_argument("--config", type=Path, help="take the model and conversation settings (and level) from this run config")
+    c.add_argument("--difficulties", type=int, nargs="+", help="levels to measure (default: the config's level, else 0-4)")
     c.add_argument("--instances", type=int, default=24)
     c.add_argument("--samples", type=int, default=8)
     c.add_argument("--temperature", type=float, default=0.7)
