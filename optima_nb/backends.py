@@ -5,18 +5,20 @@
 # %% ../nbs/02_backends.ipynb #e31348ae
 from __future__ import annotations
 import asyncio, dataclasses, json, os, queue, threading, time, uuid
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol, Sequence
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .models import DEFAULT_MODEL, load_model, resolve_model_path
 
 # %% auto #0
 __all__ = ['Messages', 'BENCH_TOPICS', 'GenerationParams', 'Completion', 'Backend', 'cut_at_stop', 'plan_micro_batches',
-           'HFBackend', 'VLLMBackend', 'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts',
-           'bench_generate']
+           'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'VLLMBackend',
+           'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts', 'bench_generate']
 
 # %% ../nbs/02_backends.ipynb #4c8df563
 Messages = list[dict]
@@ -68,13 +70,72 @@ def plan_micro_batches(lengths: Sequence[int], max_new_tokens: int, max_batch_si
     return batches
 
 # %% ../nbs/02_backends.ipynb #6757bd7d
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    "Length of the longest common prefix of two 1-d integer arrays."
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+# %% ../nbs/02_backends.ipynb #da54e589
+class PrefixCache:
+    "Per-sequence key/value tensors found again by longest common token prefix; LRU within `max_tokens`."
+    def __init__(self, max_tokens: int = 32768):
+        self.max_tokens, self.entries, self.n_tokens, self._next = max_tokens, OrderedDict(), 0, 0
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, list | None]:
+        "`(n, kv)`: the longest stored match of `ids`' prefix (`n` tokens) and its per-layer `(keys, values)`."
+        query, best, best_key = np.asarray(ids), 0, None
+        for key, (arr, _) in self.entries.items():
+            if (n := common_prefix_len(query, arr)) > best: best, best_key = n, key
+        if best_key is None: return 0, None
+        self.entries.move_to_end(best_key)
+        return best, self.entries[best_key][1]
+
+    def add(self, ids: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        "Store `kv` (per layer `(heads, len(ids), dim)` keys and values) for `ids`; drop stored prefixes of it; evict LRU."
+        arr = np.asarray(ids)
+        for key in [k for k, (a, _) in self.entries.items() if len(a) <= len(arr) and common_prefix_len(a, arr) == len(a)]:
+            self.n_tokens -= len(self.entries.pop(key)[0])
+        self.entries[self._next] = (arr, kv)
+        self._next, self.n_tokens = self._next + 1, self.n_tokens + len(arr)
+        while self.n_tokens > self.max_tokens and self.entries:
+            self.n_tokens -= len(self.entries.popitem(last=False)[1][0])
+
+    def clear(self) -> None:
+        "Forget everything (call it after changing the model's weights)."
+        self.entries.clear(); self.n_tokens = 0
+
+# %% ../nbs/02_backends.ipynb #4b593be8
+def supports_prefix_cache(model) -> bool:
+    "Whether `model` uses plain full-attention per-layer keys/values, which `batch_cache` can build."
+    cfg = model.config
+    if cfg.is_encoder_decoder: return False
+    if (types := getattr(cfg, "layer_types", None)) is not None: return all(t == "full_attention" for t in types)
+    return getattr(cfg, "sliding_window", None) is None or not getattr(cfg, "use_sliding_window", False)
+
+def batch_cache(kvs: Sequence[list | None], reuse: Sequence[int], config):
+    "A `DynamicCache` holding, for each row, the first `reuse[i]` cached keys/values of `kvs[i]`, left-padded with zeros."
+    from transformers import DynamicCache
+    width, first = max(reuse), next(kv for kv in kvs if kv is not None)
+    layers = []
+    for layer, (k0, v0) in enumerate(first):
+        keys = k0.new_zeros(len(kvs), k0.shape[0], width, k0.shape[-1]); values = v0.new_zeros(len(kvs), v0.shape[0], width, v0.shape[-1])
+        for i, (kv, n) in enumerate(zip(kvs, reuse)):
+            if n: keys[i, :, width - n:], values[i, :, width - n:] = kv[layer][0][:, :n], kv[layer][1][:, :n]
+        layers.append((keys, values))
+    return DynamicCache(layers, config=config)
+
+# %% ../nbs/02_backends.ipynb #4afdc169
 class HFBackend:
-    "Batched transformers generation (CPU or GPU) with left padding, the KV cache and token-budget micro-batching."
-    def __init__(self, model, tokenizer, max_batch_size: int = 32, max_batch_tokens: int = 65536, progress: bool = False):
+    "Batched transformers generation (CPU or GPU): left padding, token-budget micro-batching, key/value reuse across calls."
+    def __init__(self, model, tokenizer, max_batch_size: int = 32, max_batch_tokens: int = 65536, progress: bool = False,
+                 prefix_cache_tokens: int = 32768):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.tokenizer.padding_side = "left"
         self.max_batch_size, self.max_batch_tokens, self.progress = max_batch_size, max_batch_tokens, progress
         self.stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and supports_prefix_cache(model) else None
+        self.stats = {"prompt_tokens": 0, "reused_tokens": 0}
 
     @classmethod
     def from_pretrained(cls, name_or_path=DEFAULT_MODEL, adapter=None, device: str = "cpu", **kwargs) -> "HFBackend":
@@ -87,26 +148,46 @@ class HFBackend:
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(out["input_ids"])
 
+    def _reuse(self, prompts: list[list[int]]) -> tuple[list[int], list]:
+        "Tokens of each prompt whose keys/values come from the prefix cache (at least one token is always recomputed)."
+        if self.prefix_cache is None: return [0] * len(prompts), [None] * len(prompts)
+        hits = [self.prefix_cache.lookup(p) for p in prompts]
+        return [min(n, len(p) - 1) if kv is not None else 0 for (n, kv), p in zip(hits, prompts)], [kv for _, kv in hits]
+
     def _generate_batch(self, prompts: list[list[int]], params: GenerationParams, seed: int) -> list[Completion]:
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
-        device = self.model.device
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        pad, device = self.tokenizer.pad_token_id, self.model.device
+        reuse, kvs = self._reuse(prompts)
+        cached, fresh = max(reuse), max(len(p) - c for p, c in zip(prompts, reuse))
+        # each row: [pad | its cached tokens] (covered by the cache) then [pad | its new tokens]; positions follow the mask
+        rows = [[pad] * (cached - c) + p[:c] + [pad] * (fresh - len(p) + c) + p[c:] for p, c in zip(prompts, reuse)]
+        masks = [[0] * (cached - c) + [1] * c + [0] * (fresh - len(p) + c) + [1] * (len(p) - c) for p, c in zip(prompts, reuse)]
         kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                      do_sample=params.temperature > 0, top_k=None, top_p=None, temperature=None)
+                      do_sample=params.temperature > 0, top_k=None, top_p=None, temperature=None,
+                      return_dict_in_generate=True)
         if params.temperature > 0: kwargs.update(temperature=params.temperature, top_p=params.top_p)
         if params.stop: kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if cached: kwargs["past_key_values"] = batch_cache(kvs, reuse, self.model.config)
+        self.stats["prompt_tokens"] += sum(map(len, prompts)); self.stats["reused_tokens"] += sum(reuse)
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.inference_mode():
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        results = []
-        for row in out[:, width:].tolist():
+            out = self.model.generate(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(masks, device=device), **kwargs)
+        width, results = cached + fresh, []
+        for i, row in enumerate(out.sequences[:, cached + fresh:].tolist()):
             end = next((k for k, t in enumerate(row) if t in self.stop_ids), len(row))
             text, stopped = cut_at_stop(self.tokenizer.decode(row[:end], skip_special_tokens=True), params.stop)
             # a row ends early by eos/pad or a stop string; only a row that used its whole budget without one is 'length'
             results.append(Completion(text, end, "stop" if stopped or end < params.max_new_tokens else "length"))
+            if self.prefix_cache is not None: self._store(out.past_key_values, i, prompts[i], row[:end], reuse[i], cached, fresh)
         return results
+
+    def _store(self, cache, i: int, prompt: list[int], generated: list[int], reused: int, cached: int, fresh: int) -> None:
+        "Keep row `i`'s keys/values (prompt and generated tokens, padding dropped) in the prefix cache."
+        n_kv = cache.layers[0].keys.shape[2] - cached - fresh  # the last sampled token never went through the model
+        generated = generated[:n_kv]
+        width = cached + fresh
+        idx = torch.cat([torch.arange(cached - reused, cached), torch.arange(width - len(prompt) + reused, width + len(generated))])
+        idx = idx.to(cache.layers[0].keys.device)
+        self.prefix_cache.add(prompt + generated, [(l.keys[i].index_select(1, idx), l.values[i].index_select(1, idx)) for l in cache.layers])
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams = GenerationParams()) -> list[list[Completion]]:
         "`n` completions per request, generated in micro-batches."
@@ -121,7 +202,7 @@ class HFBackend:
                 results[r][s] = c
         return results
 
-# %% ../nbs/02_backends.ipynb #58501d69
+# %% ../nbs/02_backends.ipynb #9b7ab834
 class VLLMBackend:
     "vLLM generation (GPU) with an optional LoRA adapter; same interface as `HFBackend`."
     def __init__(self, model=DEFAULT_MODEL, adapter=None, max_lora_rank: int = 64, **engine_kwargs):
@@ -150,7 +231,7 @@ class VLLMBackend:
         return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
                 for out in outs]
 
-# %% ../nbs/02_backends.ipynb #d5013964
+# %% ../nbs/02_backends.ipynb #6b01fa56
 class BatchingQueue:
     "Collect concurrent single requests for up to `max_wait_s` and run them as batched `generate` calls."
     def __init__(self, backend: Backend, max_batch: int = 64, max_wait_s: float = 0.01):
@@ -193,7 +274,7 @@ class BatchingQueue:
         "Stop the worker thread."
         self._closed.set(); self._worker.join(timeout=5)
 
-# %% ../nbs/02_backends.ipynb #92ce365c
+# %% ../nbs/02_backends.ipynb #f0f8f79b
 def _completion_response(model: str, completions: list[Completion]) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -262,7 +343,7 @@ class OpenAICompatibleServer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/02_backends.ipynb #9b7ab834
+# %% ../nbs/02_backends.ipynb #eb941320
 class OpenAIBackend:
     "Chat completions from an OpenAI-compatible endpoint, with a concurrency limit and retries."
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
@@ -310,7 +391,7 @@ class OpenAIBackend:
         t.start(); t.join()
         return box["r"]
 
-# %% ../nbs/02_backends.ipynb #57f6b125
+# %% ../nbs/02_backends.ipynb #2dba3512
 BENCH_TOPICS = ["rivers", "bread", "volcanoes", "chess", "bees", "trains", "glaciers", "violins", "deserts", "owls",
                 "bridges", "tea", "comets", "coral reefs", "maps", "lighthouses", "wolves", "paper", "tides", "castles",
                 "mushrooms", "kites", "salt", "clocks", "penguins", "bicycles", "caves", "honey", "storms", "lanterns",

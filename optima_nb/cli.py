@@ -43,6 +43,9 @@ def cmd_bench_rollout(args) -> dict:
     print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
     print(f"one at a time {res['sequential_s']:.1f} s   lockstep {res['lockstep_s']:.1f} s   "
           f"speedup {res['speedup']:.2f}x   identical transcripts: {res['identical']}")
+    if "lockstep_no_cache_s" in res:
+        print(f"lockstep without the prefix cache {res['lockstep_no_cache_s']:.1f} s   the cache's speedup "
+              f"{res['prefix_cache_speedup']:.2f}x   identical: {res['identical_without_cache']}")
     if args.json: atomic_write_json(args.json, res)
     return res
 

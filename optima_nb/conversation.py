@@ -199,17 +199,29 @@ def rollout(instances: Sequence[Instance], backend: Backend, cfg: ConversationCo
     return [c.to_record() for c in play(convs, backend, cfg, seed, lockstep, progress)]
 
 # %% ../nbs/05_conversation.ipynb #f46f2b72
+def _timed_rollout(instances, backend, cfg, seed: int, lockstep: bool) -> tuple[list[dict], float]:
+    "Greedy rollout records and wall seconds, starting from an empty prefix cache (if the backend has one)."
+    if getattr(backend, "prefix_cache", None) is not None: backend.prefix_cache.clear()
+    start = time.perf_counter()
+    records = rollout(instances, backend, cfg, seed=seed, lockstep=lockstep, progress=not lockstep)
+    return records, time.perf_counter() - start
+
 def bench_rollout(backend: Backend, instances: Sequence[Instance], cfg: ConversationConfig, seed: int = 0) -> dict:
     "Wall time of one-at-a-time vs lockstep greedy rollouts of the same conversations; identical transcripts?"
     greedy = dataclasses.replace(cfg, temperature=0.0)
-    t0 = time.perf_counter(); alone = rollout(instances, backend, greedy, seed=seed, lockstep=False, progress=True)
-    t1 = time.perf_counter(); lock = rollout(instances, backend, greedy, seed=seed, lockstep=True)
-    t2 = time.perf_counter()
+    alone, t_alone = _timed_rollout(instances, backend, greedy, seed, lockstep=False)
+    lock, t_lock = _timed_rollout(instances, backend, greedy, seed, lockstep=True)
     tokens = sum(r["n_tokens"] for r in lock)
-    return {"conversations": len(instances), "max_turns": cfg.max_turns, "max_message_tokens": cfg.max_message_tokens,
-            "tokens": tokens, "turns": sum(len(r["turns"]) for r in lock),
-            "sequential_s": round(t1 - t0, 2), "lockstep_s": round(t2 - t1, 2),
-            "speedup": round((t1 - t0) / (t2 - t1), 2), "identical": alone == lock}
+    res = {"conversations": len(instances), "max_turns": cfg.max_turns, "max_message_tokens": cfg.max_message_tokens,
+           "tokens": tokens, "turns": sum(len(r["turns"]) for r in lock), "sequential_s": round(t_alone, 2),
+           "lockstep_s": round(t_lock, 2), "speedup": round(t_alone / t_lock, 2), "identical": alone == lock}
+    if (cache := getattr(backend, "prefix_cache", None)) is not None:  # the cache's own share: lockstep without it
+        backend.prefix_cache = None
+        try: plain, t_plain = _timed_rollout(instances, backend, greedy, seed, lockstep=True)
+        finally: backend.prefix_cache = cache
+        res.update(lockstep_no_cache_s=round(t_plain, 2), prefix_cache_speedup=round(t_plain / t_lock, 2),
+                   identical_without_cache=plain == lock)
+    return res
 
 # %% ../nbs/05_conversation.ipynb #05ec89c0
 def measure_task(backend: Backend, instances: Sequence[Instance], cfg: ConversationConfig, n_samples: int = 8,

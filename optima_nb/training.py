@@ -42,6 +42,7 @@ class ModelConfig:
     name: str = DEFAULT_MODEL         # embedded model name, HF folder or .gguf file
     backend: Literal["hf", "vllm"] = "hf"
     max_batch_size: int = 64
+    prefix_cache_tokens: int = 32768       # hf only: keys/values kept for reuse across turns (0: off)
     gpu_memory_utilization: float = 0.85   # vllm only
     tensor_parallel_size: int = 1          # vllm only
 
@@ -224,7 +225,8 @@ def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progr
         from optima_nb.backends import VLLMBackend
         return VLLMBackend(model, adapter=adapter, gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
     from optima_nb.backends import HFBackend
-    return HFBackend.from_pretrained(model, adapter=adapter, max_batch_size=cfg.max_batch_size, progress=progress)
+    return HFBackend.from_pretrained(model, adapter=adapter, max_batch_size=cfg.max_batch_size, progress=progress,
+                                     prefix_cache_tokens=cfg.prefix_cache_tokens)
 
 def make_scorer(model: str):
     "Readability scorer on the frozen base model."
