@@ -133,14 +133,31 @@ def cmd_figures(args) -> list:
     return files
 
 # %% ../nbs/90_cli.ipynb #757870e9
+def _baseline_config(args):
+    "The baseline config the options ask for, or None."
+    from optima_nb.workflow_baselines import WorkflowBaselineConfig, load_workflow_baseline_config
+    if args.baselines_config is not None: return load_workflow_baseline_config(args.baselines_config)
+    return WorkflowBaselineConfig() if args.baselines else None
+
 def cmd_scoreflow(args):
-    "Run a ScoreFlow config, or its DPO vs Score-DPO ablation."
-    from optima_nb.scoreflow import ablation, load_scoreflow_config, run_scoreflow
+    "Run a ScoreFlow config, or its DPO vs Score-DPO ablation; with --baselines, then the baseline workflows and the table."
+    import dataclasses
+    from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, load_scoreflow_config, run_scoreflow
     cfg = load_scoreflow_config(args.config)
-    if args.ablation: return ablation(cfg, args.out, progress=not args.quiet)
-    rows = run_scoreflow(cfg, args.out, progress=not args.quiet)
-    for r in rows: print(json.dumps(r))
-    return rows
+    baselines = _baseline_config(args)
+    if args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
+    else:
+        result = run_scoreflow(cfg, args.out, progress=not args.quiet)
+        for r in result: print(json.dumps(r))
+    if baselines is not None:
+        from optima_nb.workflow_baselines import run_workflow_baselines, scoreflow_table
+        run_cfg, run_dir = cfg, args.out
+        if args.ablation:
+            run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=ABLATION_VARIANTS["score-dpo"]))
+            run_dir = args.out / "score-dpo"
+        run_workflow_baselines(run_cfg, run_dir, baselines=baselines, progress=not args.quiet)
+        for split in baselines.splits: print(f"{split} split\n{scoreflow_table(run_dir, split)}")
+    return result
 
 # %% ../nbs/90_cli.ipynb #b63d96a3
 def _bench_parser(bench, name: str, help: str, func) -> argparse.ArgumentParser:
@@ -200,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sf = sub.add_parser("scoreflow", help="run a ScoreFlow config (workflow generator trained with Score-DPO)")
     sf.add_argument("config", type=Path); sf.add_argument("--out", type=Path, required=True)
     sf.add_argument("--ablation", action="store_true", help="DPO vs Score-DPO on the same preference data and seeds")
+    sf.add_argument("--baselines", action="store_true",
+                    help="then run the baseline workflows (IO, CoT, CoT SC, MedPrompt, MultiPersona, Self-Refine) and write scoreflow_table.md")
+    sf.add_argument("--baselines-config", type=Path, metavar="FILE", help="YAML of the baselines' settings (implies --baselines)")
     sf.add_argument("-q", "--quiet", action="store_true")
     sf.set_defaults(func=cmd_scoreflow)
     return p
