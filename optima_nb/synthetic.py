@@ -25,11 +25,12 @@ ATTRIBUTES = {
 RELATIONS = {"boss": "works for", "friend": "is best friends with", "neighbour": "lives next door to"}
 
 def invent_names(rng: random.Random, n: int) -> list[str]:
-    "`n` distinct invented capitalised names."
-    names: set[str] = set()
+    "`n` distinct invented capitalised names, in the order `rng` invents them (no set order: it changes with the hash seed)."
+    names: list[str] = []
     while len(names) < n:
-        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.choice([2, 3]))).capitalize())
-    return sorted(names, key=lambda _: rng.random())
+        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice([2, 3]))).capitalize()
+        if name not in names: names.append(name)
+    return names
 
 # %% ../nbs/04_synthetic.ipynb #8924cba1
 @dataclass(frozen=True)
