@@ -118,8 +118,9 @@ def tradeoff_figure(points: Sequence[dict], log_tokens: bool | None = None, log_
                     ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
                                 arrowprops={"arrowstyle": "-|>", "color": st["color"], "lw": 1.0, "shrinkA": 3, "shrinkB": 3})
                 if len(pts) > 1:
-                    for p, x, y in zip(pts, xs, ys):
-                        ax.annotate(str(p["iteration"]), (x, y), xytext=(3, 3), textcoords="offset points",
+                    for k, (p, x, y) in enumerate(zip(pts, xs, ys)):  # alternate sides so neighbouring labels don't merge
+                        ax.annotate(str(p["iteration"]), (x, y), xytext=(3, 3) if k % 2 == 0 else (-3, -3), textcoords="offset points",
+                                    ha="left" if k % 2 == 0 else "right", va="bottom" if k % 2 == 0 else "top",
                                     fontsize=6.5, color=st["color"])
             if log_x: ax.set_xscale("log"); plain_log_ticks(ax)
             ax.set_title(task)
