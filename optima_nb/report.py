@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
-import yaml
-from .config import atomic_write_json, atomic_write_jsonl, atomic_write_text, from_dict, read_jsonl, to_dict
+from .config import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, to_dict
 from .conversation import ConversationConfig
 from .training import OptimaRun, RunConfig, load_run_config, load_splits, report_rows, rollout_records
 
