@@ -158,6 +158,7 @@ class HFBackend:
         pad, device = self.tokenizer.pad_token_id, self.model.device
         reuse, kvs = self._reuse(prompts)
         cached, fresh = max(reuse), max(len(p) - c for p, c in zip(prompts, reuse))
+        width = cached + fresh
         # each row: [pad | its cached tokens] (covered by the cache) then [pad | its new tokens]; positions follow the mask
         rows = [[pad] * (cached - c) + p[:c] + [pad] * (fresh - len(p) + c) + p[c:] for p, c in zip(prompts, reuse)]
         masks = [[0] * (cached - c) + [1] * c + [0] * (fresh - len(p) + c) + [1] * (len(p) - c) for p, c in zip(prompts, reuse)]
@@ -171,20 +172,18 @@ class HFBackend:
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.inference_mode():
             torch.manual_seed(seed)
             out = self.model.generate(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(masks, device=device), **kwargs)
-        width, results = cached + fresh, []
-        for i, row in enumerate(out.sequences[:, cached + fresh:].tolist()):
+        results = []
+        for i, row in enumerate(out.sequences[:, width:].tolist()):
             end = next((k for k, t in enumerate(row) if t in self.stop_ids), len(row))
             text, stopped = cut_at_stop(self.tokenizer.decode(row[:end], skip_special_tokens=True), params.stop)
             # a row ends early by eos/pad or a stop string; only a row that used its whole budget without one is 'length'
             results.append(Completion(text, end, "stop" if stopped or end < params.max_new_tokens else "length"))
-            if self.prefix_cache is not None: self._store(out.past_key_values, i, prompts[i], row[:end], reuse[i], cached, fresh)
+            if self.prefix_cache is not None: self._store(out.past_key_values, i, prompts[i], row[:end], reuse[i], cached, width)
         return results
 
-    def _store(self, cache, i: int, prompt: list[int], generated: list[int], reused: int, cached: int, fresh: int) -> None:
+    def _store(self, cache, i: int, prompt: list[int], generated: list[int], reused: int, cached: int, width: int) -> None:
         "Keep row `i`'s keys/values (prompt and generated tokens, padding dropped) in the prefix cache."
-        n_kv = cache.layers[0].keys.shape[2] - cached - fresh  # the last sampled token never went through the model
-        generated = generated[:n_kv]
-        width = cached + fresh
+        generated = generated[:cache.layers[0].keys.shape[2] - width]  # the last sampled token never went through the model
         idx = torch.cat([torch.arange(cached - reused, cached), torch.arange(width - len(prompt) + reused, width + len(generated))])
         idx = idx.to(cache.layers[0].keys.device)
         self.prefix_cache.add(prompt + generated, [(l.keys[i].index_select(1, idx), l.values[i].index_select(1, idx)) for l in cache.layers])
