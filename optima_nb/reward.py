@@ -102,14 +102,16 @@ class ReadabilityScorer:
 # %% ../nbs/06_reward.ipynb #2776b4fb
 def reward_trajectory(record: dict, inst: Instance, cfg: RewardConfig, token_normalizer: float,
                       message_losses: Sequence[float], tokenizer=None) -> dict:
-    "The reward of one trajectory and its parts."
+    "The reward of one trajectory and its parts (`task_score`: the task metric; `reward_task_score`: R_task after the guard)."
     flags = guard_flags(record, cfg)
-    task_score = 0.0 if flags["both"] else score(record.get("final_answer"), inst, TASK_SPECS[inst.task].metric, tokenizer)
+    task_score = score(record.get("final_answer"), inst, TASK_SPECS[inst.task].metric, tokenizer)
+    reward_task_score = 0.0 if flags["both"] else task_score  # one agent writing both parts earns no task reward
     token_ratio = record["n_tokens"] / max(token_normalizer, 1.0)
     loss = None if flags["repeat"] or not message_losses else max(message_losses)
-    reward = combine_reward(task_score, token_ratio, loss, cfg)
+    reward = combine_reward(reward_task_score, token_ratio, loss, cfg)
     reward -= cfg.cap_penalty * flags["cap"] + cfg.short_penalty * flags["short"]
-    return {"reward": reward, "task_score": task_score, "token_ratio": token_ratio, "loss": loss, **{f"guard_{k}": v for k, v in flags.items()}}
+    return {"reward": reward, "task_score": task_score, "reward_task_score": reward_task_score, "token_ratio": token_ratio,
+            "loss": loss, **{f"guard_{k}": v for k, v in flags.items()}}
 
 def reward_trajectories(records: Sequence[dict], instances: dict[str, Instance], cfg: RewardConfig, scorer,
                         calibration_tokens: Sequence[float] | None = None, tokenizer=None) -> list[dict]:
