@@ -50,26 +50,28 @@ def cmd_bench_rollout(args) -> dict:
     return res
 
 # %% ../nbs/90_cli.ipynb #78a02852
+def _or(value, default): return default if value is None else value
+
 def calibrate_setup(args):
-    "Backend, conversation config and levels for `bench calibrate`: from `--config` (a run config) or the options."
+    "Backend, conversation config, levels and sampling temperature for `bench calibrate`: from `--config` (a run config) or the options."
     from optima_nb.backends import HFBackend
-    if args.config is None: return (*_conversation_setup(args), args.difficulties or [0, 1, 2, 3, 4])
+    if args.config is None: return (*_conversation_setup(args), args.difficulties or [0, 1, 2, 3, 4], _or(args.temperature, 0.7))
     from optima_nb.training import load_run_config
     run_cfg = load_run_config(args.config)
     if run_cfg.task.name != "synthetic": raise SystemExit(f"{args.config}: task.name is {run_cfg.task.name!r}; calibrate measures the synthetic task")
     backend = HFBackend.from_pretrained(run_cfg.model.name, max_batch_size=args.max_batch_size)
-    return backend, run_cfg.conversation, args.difficulties or [run_cfg.task.difficulty]
+    return backend, run_cfg.conversation, args.difficulties or [run_cfg.task.difficulty], _or(args.temperature, run_cfg.sampling.temperature)
 
 def cmd_bench_calibrate(args) -> list[dict]:
     "Measure the synthetic task per difficulty level; print a table, optionally write JSON."
     from optima_nb.conversation import measure_task
     from optima_nb.synthetic import make_synthetic
-    backend, cfg, levels = calibrate_setup(args)
+    backend, cfg, levels, temperature = calibrate_setup(args)
     rows = []
     print(f"{'level':>5} {'greedy':>7} {'pass@k':>7} {'sampled':>8} {'tokens':>7} {'agreed':>7}")
     for level in levels:
         m = measure_task(backend, make_synthetic(args.instances, difficulty=level, seed=args.seed), cfg,
-                         n_samples=args.samples, temperature=args.temperature, seed=args.seed)
+                         n_samples=args.samples, temperature=temperature, seed=args.seed)
         rows.append({"difficulty": level, **m})
         print(f"{level:>5} {m['greedy_score']:>7.3f} {m['pass_at_k']:>7.3f} {m['sample_score']:>8.3f} {m['greedy_tokens']:>7.1f} {m['agreed']:>7.2f}")
     if args.json: atomic_write_json(args.json, {"config": str(args.config) if args.config else None, "conversation": dataclasses.asdict(cfg),
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--difficulties", type=int, nargs="+", help="levels to measure (default: the config's level, else 0-4)")
     c.add_argument("--instances", type=int, default=24)
     c.add_argument("--samples", type=int, default=8)
-    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--temperature", type=float, help="sampling temperature (default: the config's sampling.temperature, else 0.7)")
     r = sub.add_parser("run", help="run or resume an Optima training config")
     r.add_argument("config", type=Path); r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

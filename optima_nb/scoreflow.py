@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from .backends import GenerationParams
 from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
-from .losses import TrainConfig, pair_sampling_weights, train_dpo
-from .models import DEFAULT_MODEL
+from .losses import TrainConfig, own_turn_example, pair_sampling_weights, train_dpo, train_sft
+from .models import DEFAULT_MODEL, load_tokenizer
 from .training import RunDir, read_checkpoint, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, RULES, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_prompt, load_aflow, public_test_program,
@@ -24,10 +24,11 @@ from .workflows import (BENCHMARK_KINDS, RULES, BackendLLM, OperatorConfig, Oper
 
 # %% auto #0
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
-           'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'public_view', 'hidden_test_code',
-           'workflow_limits', 'code_limits', 'ExecutorLLM', 'sandboxed_operators', 'operator_proxies', 'score_output',
-           'WorkflowExecutor', 'generator_messages', 'build_pairs', 'pair_draw', 'resample_pairs', 'train_generator',
-           'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'share_stage', 'ablation', 'format_ablation']
+           'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'generator_messages',
+           'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
+           'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
+           'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'share_stage',
+           'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -98,6 +99,7 @@ class ScoreFlowConfig:
     iterations: int = 3
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
+    warm_start: Optional[TrainConfig] = None  # SFT the generator on the seed workflows before the base evaluation (small generators)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     train: TrainConfig = field(default_factory=paper_train_config)
@@ -202,6 +204,16 @@ def seed_records(problem: Problem, start_index: int) -> list[dict]:
     return out
 
 # %% ../nbs/12_scoreflow.ipynb #927c84d3
+def generator_messages(problem: Problem) -> list[dict]:
+    "The generator's prompt for `problem` as chat messages (what `sample_workflows` sends)."
+    return [{"role": "user", "content": generator_prompt(problem, rules=RULES[problem.kind])}]
+
+def warm_start_examples(problems: Sequence[Problem], tokenizer, max_length: int) -> list[dict]:
+    "SFT examples: each problem's generator prompt with each seed workflow of its kind as the reply (reply tokens trained)."
+    return [own_turn_example(tokenizer, generator_messages(p) + [{"role": "assistant", "content": r["text"]}], max_length)
+            for p in problems for r in seed_records(p, 0)]
+
+# %% ../nbs/12_scoreflow.ipynb #c7bc27f4
 def public_view(problem: Problem) -> dict:
     "What a sandboxed workflow may see of its problem (never the answer or the hidden tests)."
     return {"id": problem.id, "benchmark": problem.benchmark, "kind": problem.kind, "question": problem.question}
@@ -221,7 +233,7 @@ def code_limits(sandbox: SandboxConfig) -> SandboxLimits:
     "Sandbox limits of one run of generated code (programmer, public tests, hidden tests)."
     return SandboxLimits(wall_s=sandbox.code_wall_s, cpu_s=max(1, int(sandbox.code_wall_s)), memory_mb=sandbox.memory_mb)
 
-# %% ../nbs/12_scoreflow.ipynb #c8dd09eb
+# %% ../nbs/12_scoreflow.ipynb #a64d202c
 class ExecutorLLM(BackendLLM):
     "A `BackendLLM` for the executor: a caller that gives up cancels its queued request, which the queue then skips."
     async def __call__(self, messages, max_tokens: int) -> tuple[str, int]:
@@ -264,7 +276,7 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     answer = extract_answer(problem, output)
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
 
-# %% ../nbs/12_scoreflow.ipynb #c3b1f3b3
+# %% ../nbs/12_scoreflow.ipynb #02f7d12c
 def _run_sync(coro):
     "Run `coro` to completion from sync code, also when this thread already runs an event loop (Jupyter)."
     try: asyncio.get_running_loop()
@@ -349,11 +361,7 @@ class WorkflowExecutor:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/12_scoreflow.ipynb #aa5678a5
-def generator_messages(problem: Problem) -> list[dict]:
-    "The generator's prompt for `problem` as chat messages (what `sample_workflows` sends)."
-    return [{"role": "user", "content": generator_prompt(problem, rules=RULES[problem.kind])}]
-
+# %% ../nbs/12_scoreflow.ipynb #a37dda17
 def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
     "Every (chosen, rejected) pair of scored records of the same problem with chosen score > rejected score."
     by_problem: dict[str, list[dict]] = {}
@@ -382,7 +390,7 @@ def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, see
     "The pairs of `pair_draw`, in draw order."
     return [pairs[i] for i in pair_draw(pairs, n, power, seed)]
 
-# %% ../nbs/12_scoreflow.ipynb #40f6b7f6
+# %% ../nbs/12_scoreflow.ipynb #f94bf935
 def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pairs_per_iteration: int | None,
                     out_dir, init_adapter=None) -> Path:
     "One training stage of the generator on `pairs`: Score-DPO draws inside the trainer; DPO/RPO get the same draw."
@@ -391,7 +399,7 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
     drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
     return train_dpo(base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter)
 
-# %% ../nbs/12_scoreflow.ipynb #3abafe2c
+# %% ../nbs/12_scoreflow.ipynb #e41712e5
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
 
 class ScoreFlowRun:
@@ -411,8 +419,10 @@ class ScoreFlowRun:
         return self._splits[name][0]
 
     def checkpoint(self, iteration) -> dict:
-        "The generator after `iteration` (-1: the base model)."
-        if iteration < 0: return {"model": self.cfg.generator.model, "adapter": None}
+        "The generator after `iteration` (-1: the base model, or the warm-started one; runs the warm start if needed)."
+        if iteration < 0:
+            if self.cfg.warm_start is None: return {"model": self.cfg.generator.model, "adapter": None}
+            return read_checkpoint(self.warm_start(), self.rd.root)
         return read_checkpoint(self.rd.path(iteration, "train"), self.rd.root)
 
     def generator(self, ck: dict):
@@ -474,6 +484,17 @@ class ScoreFlowRun:
         return [{**r, "seed_workflow": None} for r in recs]
 
     # --- stages ---
+    def warm_start(self) -> Path:
+        "SFT of the base generator on the seed workflows of the validation problems (only with a `warm_start` section)."
+        if self.cfg.warm_start is None: raise ValueError("this run has no warm_start section")
+        def fn(tmp):
+            model = self.cfg.generator.model
+            examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length)
+            self.release_generator(engine=True)
+            write_checkpoint(tmp, self.rd.root, model, train_sft(model, examples, self.cfg.warm_start, tmp / "adapter"))
+            return {"n_examples": len(examples)}
+        return self.rd.stage("base", "warm_start", fn)
+
     def generate(self, i: int) -> Path:
         "k workflows per validation problem from the generator of iteration i-1 (plus the seeds in iteration 0, if on)."
         def fn(tmp):
@@ -540,6 +561,7 @@ class ScoreFlowRun:
     def run(self) -> list[dict]:
         "Base evaluation, every iteration, the test stage; returns the metrics rows."
         try:
+            if self.cfg.warm_start is not None: self.warm_start()
             self.evaluate("base"); self.write_metrics()
             for i in tqdm(range(self.cfg.iterations), desc="iterations", disable=not self.progress):
                 self.generate(i); self.execute(i); self.pairs(i); self.train(i); self.evaluate(i)
@@ -559,6 +581,7 @@ class ScoreFlowRun:
             ev = infos["evaluate"]
             row = {"iteration": it, "split": ev["split"], "mean_score": ev["mean_score"], "score": ev["score"],
                    "n_problems": ev["n_problems"], "eval_valid": ev["n_valid"]}
+            if "warm_start" in infos: row["warm_start_examples"] = infos["warm_start"]["n_examples"]
             if "generate" in infos: row.update({k: infos["generate"][k] for k in ("n_workflows", "n_sampled", "n_valid", "n_seeds")})
             if "execute" in infos: row.update(train_mean_score=infos["execute"]["mean_score"], n_failed_runs=infos["execute"]["n_failed_runs"])
             if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
@@ -586,7 +609,7 @@ def run_scoreflow(cfg: ScoreFlowConfig, out_dir, progress: bool = True) -> list[
     "Run (or resume) a ScoreFlow run into `out_dir`; returns the metrics rows (also in `out_dir/metrics.jsonl`)."
     return ScoreFlowRun(cfg, out_dir, progress).run()
 
-# %% ../nbs/12_scoreflow.ipynb #e099d376
+# %% ../nbs/12_scoreflow.ipynb #0d744b0f
 ABLATION_VARIANTS: dict[str, str] = {"score-dpo": "score", "dpo": "sigmoid"}
 
 def share_stage(src: RunDir, dst: RunDir, iteration, stage: str) -> Path:
@@ -607,10 +630,14 @@ def ablation(cfg: ScoreFlowConfig, out_dir, progress: bool = True, **run_kwargs)
     runs = {name: ScoreFlowRun(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=loss)), out_dir / name, progress, **run_kwargs)
             for name, loss in ABLATION_VARIANTS.items()}
     first, *others = runs.values()
-    try: first.evaluate("base"); first.generate(0); first.execute(0)
+    shared = [("base", "warm_start")] if cfg.warm_start is not None else []
+    shared += [("base", "evaluate"), (0, "generate"), (0, "execute")]
+    try:
+        if cfg.warm_start is not None: first.warm_start()
+        first.evaluate("base"); first.generate(0); first.execute(0)
     finally: first.close()
     for run in others:
-        for iteration, stage in (("base", "evaluate"), (0, "generate"), (0, "execute")): share_stage(first.rd, run.rd, iteration, stage)
+        for iteration, stage in shared: share_stage(first.rd, run.rd, iteration, stage)
     metrics = {name: run.run() for name, run in runs.items()}
     table = []
     for row in metrics[next(iter(runs))]:

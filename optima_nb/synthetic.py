@@ -6,6 +6,7 @@
 from __future__ import annotations
 import random
 from dataclasses import dataclass
+from typing import Literal
 from .tasks import Instance
 
 # %% auto #0
@@ -38,9 +39,10 @@ class Difficulty:
     "How hard synthetic instances are."
     two_hop_fraction: float  # share of 2-hop questions
     distractors: int         # distractor facts per agent
+    holder: Literal["either", "Alice", "Bob"] = "either"   # who holds the gold fact (the relation, for 2-hop)
 
 DIFFICULTY_LEVELS = {0: Difficulty(0.0, 0), 1: Difficulty(0.0, 1), 2: Difficulty(0.0, 3), 3: Difficulty(0.5, 2),
-                     4: Difficulty(1.0, 3), 5: Difficulty(1.0, 6)}
+                     4: Difficulty(1.0, 3), 5: Difficulty(1.0, 6), 6: Difficulty(0.0, 1, holder="Bob")}
 
 def fact_text(subject: str, attribute: str, value: str) -> str:
     "One attribute fact as a sentence."
@@ -60,6 +62,7 @@ def make_synthetic_instance(index: int, difficulty: int = 1, seed: int = 0) -> I
     noun, values = ATTRIBUTES[attribute]
     value = rng.choice(values)
     holder = rng.choice(["Alice", "Bob"])
+    if level.holder != "either": holder = level.holder   # drawn anyway: the other levels' random streams stay as they were
     facts = {"Alice": [], "Bob": []}
     two_hop = rng.random() < level.two_hop_fraction
     if two_hop:

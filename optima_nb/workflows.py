@@ -194,7 +194,7 @@ def load_aflow(name: str, path=None, split: str = "validate", limit: int | None 
         out.append(problem)
     return out
 
-# %% ../nbs/11_workflows.ipynb #ea012f95
+# %% ../nbs/11_workflows.ipynb #2e83f6cc
 _MARKER = re.compile(r"(?:final\s+)?(?:answer|output)\s*(?:is)?\s*:\s*", re.I)
 
 def after_marker(text: str) -> str | None:
@@ -229,7 +229,7 @@ def score_answer(problem: Problem, output: str | None) -> float:
     if problem.kind == "math": return float(math_equal(pred, problem.answer))
     return max(word_f1(pred, g) for g in problem.answers)
 
-# %% ../nbs/11_workflows.ipynb #9807b2aa
+# %% ../nbs/11_workflows.ipynb #92d064f5
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 def extract_code(text: str, entry_point: str | None = None) -> str:
@@ -277,7 +277,7 @@ def public_test_program(problem: Problem, solution: str) -> tuple[str, str, str]
             "if _failures:\n    raise AssertionError('failed public tests:\\n' + '\\n'.join(_failures))\n")
     return solution_program(problem, solution), test, problem.entry_point
 
-# %% ../nbs/11_workflows.ipynb #53749813
+# %% ../nbs/11_workflows.ipynb #c393527a
 LLM = Callable[[Messages, int], Awaitable[tuple[str, int]]]
 
 class BackendLLM:
@@ -302,7 +302,7 @@ class BackendLLM:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/11_workflows.ipynb #c393527a
+# %% ../nbs/11_workflows.ipynb #3b54efb0
 OPERATORS_BY_KIND: dict[str, tuple[str, ...]] = {
     "math": ("custom", "programmer", "sc_ensemble", "review"),
     "qa": ("custom", "answer_generate", "sc_ensemble", "review"),
@@ -348,7 +348,7 @@ def check_operator_call(kind: str, name: str, args: Sequence = (), kwargs: dict 
 async def _resolve(value):
     return await value if inspect.isawaitable(value) else value
 
-# %% ../nbs/11_workflows.ipynb #3b54efb0
+# %% ../nbs/11_workflows.ipynb #e33721c4
 def _lettered(solutions: Sequence[str]) -> str:
     return "\n\n".join(f"({string.ascii_uppercase[i]})\n{s}" for i, s in enumerate(solutions))
 
@@ -464,7 +464,7 @@ class Operators:
 def _norm_key(answer: str | None) -> str:
     return " ".join((answer or "").lower().split())
 
-# %% ../nbs/11_workflows.ipynb #53df22ca
+# %% ../nbs/11_workflows.ipynb #d613c702
 OPERATOR_CARDS: dict[str, str] = {
     "custom": 'await self.custom(instruction="...")\n'
               "    One LLM call: the executor reads the problem and follows your instruction. Returns its reply.",
@@ -546,7 +546,7 @@ Problem:
 {text}
 """
 
-# %% ../nbs/11_workflows.ipynb #98e38760
+# %% ../nbs/11_workflows.ipynb #6a29b2fb
 class WorkflowInvalid(ValueError):
     "Generated workflow code was rejected; `reasons` lists why."
     def __init__(self, reasons: str | Sequence[str]):
@@ -572,7 +572,7 @@ def parse_graph(text: str) -> str:
     except SyntaxError as e: raise WorkflowInvalid(f"syntax error at line {e.lineno}: {e.msg}") from None
     return code
 
-# %% ../nbs/11_workflows.ipynb #bd01289a
+# %% ../nbs/11_workflows.ipynb #11ba8f38
 SAFE_BUILTINS: tuple[str, ...] = ("len", "str", "int", "float", "bool", "range", "enumerate", "zip", "min", "max",
                                   "sorted", "reversed", "list", "abs", "round", "sum", "any", "all")
 STR_METHODS: tuple[str, ...] = ("join", "strip", "lstrip", "rstrip", "split", "splitlines", "replace", "lower", "upper",
@@ -607,7 +607,7 @@ def _op_call(node) -> str | None:
 def _calls_in(node) -> bool:
     return any(_op_call(n) for n in ast.walk(node))
 
-# %% ../nbs/11_workflows.ipynb #11ba8f38
+# %% ../nbs/11_workflows.ipynb #20d23085
 class _Checker:
     "Whitelist walk over a run_workflow body: collects reasons and counts operator calls on the longest path."
     def __init__(self, kind: str, rules: WorkflowRules, local_names: set[str]):
@@ -796,7 +796,7 @@ def _plain_format(receiver) -> bool:
     except ValueError: return False
     return all(re.fullmatch(r"\w*", f) for f in fields)
 
-# %% ../nbs/11_workflows.ipynb #20d23085
+# %% ../nbs/11_workflows.ipynb #5fb866e1
 def _local_names(fn) -> set[str]:
     "Names bound anywhere inside `fn` (assignments, loop and comprehension targets)."
     return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
@@ -908,7 +908,7 @@ def check_graph(text: str, kind: str, problem_text: str | None = None, rules: Wo
     except WorkflowInvalid as e: return WorkflowReport(False, e.reasons)
     return validate_workflow(code, kind, problem_text=problem_text, rules=rules)
 
-# %% ../nbs/11_workflows.ipynb #7d5ad32f
+# %% ../nbs/11_workflows.ipynb #e733e73f
 def workflow_globals() -> dict:
     "Globals for executing workflow code: only the whitelisted builtins (plus what `class` needs)."
     safe = {n: getattr(builtins, n) for n in SAFE_BUILTINS}
@@ -950,7 +950,7 @@ async def smoke_run(code: str, kind: str, timeout_s: float = 10.0) -> str | None
     except Exception as e: return f"smoke run failed: {type(e).__name__}: {e}"
     return None if out.strip() else "smoke run returned an empty solution"
 
-# %% ../nbs/11_workflows.ipynb #0094f8d7
+# %% ../nbs/11_workflows.ipynb #c02d9d02
 def generator_params(k: int = 8, seed: int = 0) -> GenerationParams:
     "The paper's generator sampling settings."
     return GenerationParams(n=k, temperature=0.2, top_p=0.95, max_new_tokens=1000, seed=seed)
