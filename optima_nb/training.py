@@ -31,7 +31,7 @@ class TaskConfig:
     "Which task, where its data is, and the train / held-out split."
     name: str = "synthetic"
     path: Optional[str] = None        # data file for file-based tasks
-    difficulty: int = 1               # synthetic task only
+    difficulty: int = 3               # synthetic task only; 3 is the calibrated default (greedy 4%, pass@8 31% at T=0.4, README)
     n_train: int = 32
     n_eval: int = 24
     seed: int = 0
