@@ -129,8 +129,8 @@ def batch_cache(kvs: Sequence[list | None], reuse: Sequence[int], config):
 class HFBackend:
     "Batched transformers generation (CPU or GPU): left padding, token-budget micro-batching, key/value reuse across calls."
     def __init__(self, model, tokenizer, max_batch_size: int = 32, max_batch_tokens: int = 65536, progress: bool = False,
-                 prefix_cache_tokens: int = 32768):
-        self.model, self.tokenizer = model.eval(), tokenizer
+                 prefix_cache_tokens: int = 32768, prefill_once: bool = False):
+        self.model, self.tokenizer, self.prefill_once = model.eval(), tokenizer, prefill_once
         self.tokenizer.padding_side = "left"
         self.max_batch_size, self.max_batch_tokens, self.progress = max_batch_size, max_batch_tokens, progress
         self.stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
@@ -138,9 +138,10 @@ class HFBackend:
         self.stats = {"prompt_tokens": 0, "reused_tokens": 0}
 
     @classmethod
-    def from_pretrained(cls, name_or_path=DEFAULT_MODEL, adapter=None, device: str = "cpu", **kwargs) -> "HFBackend":
-        "Load a model by name or path (optionally with a PEFT adapter) and wrap it."
-        model, tok = load_model(name_or_path, device=device, adapter=adapter)
+    def from_pretrained(cls, name_or_path=DEFAULT_MODEL, adapter=None, device: str = "cpu", merge_adapter: bool = False,
+                        **kwargs) -> "HFBackend":
+        "Load a model by name or path (optionally with a PEFT adapter, merged into the weights with `merge_adapter`) and wrap it."
+        model, tok = load_model(name_or_path, device=device, adapter=adapter, merge_adapter=merge_adapter)
         return cls(model, tok, **kwargs)
 
     def encode(self, messages: Messages) -> list[int]:
@@ -188,9 +189,18 @@ class HFBackend:
         idx = idx.to(cache.layers[0].keys.device)
         self.prefix_cache.add(prompt + generated, [(l.keys[i].index_select(1, idx), l.values[i].index_select(1, idx)) for l in cache.layers])
 
+    def prefill(self, prompts: Sequence[list[int]]) -> None:
+        "Put the keys/values of each distinct prompt not yet cached into the prefix cache (one forward pass per micro-batch)."
+        todo = list({tuple(p): p for p in prompts if self.prefix_cache.lookup(p)[0] < len(p) - 1}.values())
+        once = GenerationParams(max_new_tokens=1)  # the one generated token never enters the cache: only the prompt is stored
+        for batch in plan_micro_batches([len(p) for p in todo], 1, self.max_batch_size, self.max_batch_tokens):
+            self._generate_batch([todo[k] for k in batch], once, 0)
+
     def generate(self, requests: Sequence[Messages], params: GenerationParams = GenerationParams()) -> list[list[Completion]]:
         "`n` completions per request, generated in micro-batches."
         prompts = [self.encode(m) for m in requests]
+        if self.prefill_once and self.prefix_cache is not None and (params.n > 1 or len(set(map(tuple, prompts))) < len(prompts)):
+            self.prefill(prompts)
         jobs = [(r, s) for r in range(len(prompts)) for s in range(params.n)]
         batches = plan_micro_batches([len(prompts[r]) for r, _ in jobs], params.max_new_tokens,
                                      self.max_batch_size, self.max_batch_tokens)
@@ -201,7 +211,7 @@ class HFBackend:
                 results[r][s] = c
         return results
 
-# %% ../nbs/02_backends.ipynb #9b7ab834
+# %% ../nbs/02_backends.ipynb #bb901e9c
 class VLLMBackend:
     "vLLM generation (GPU) with an optional LoRA adapter; same interface as `HFBackend`."
     def __init__(self, model=DEFAULT_MODEL, adapter=None, max_lora_rank: int = 64, **engine_kwargs):
@@ -230,7 +240,7 @@ class VLLMBackend:
         return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
                 for out in outs]
 
-# %% ../nbs/02_backends.ipynb #6b01fa56
+# %% ../nbs/02_backends.ipynb #57f6b125
 class BatchingQueue:
     "Collect concurrent single requests for up to `max_wait_s` and run them as batched `generate` calls."
     def __init__(self, backend: Backend, max_batch: int = 64, max_wait_s: float = 0.01):
@@ -273,7 +283,7 @@ class BatchingQueue:
         "Stop the worker thread."
         self._closed.set(); self._worker.join(timeout=5)
 
-# %% ../nbs/02_backends.ipynb #f0f8f79b
+# %% ../nbs/02_backends.ipynb #eb941320
 def _completion_response(model: str, completions: list[Completion]) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -342,7 +352,7 @@ class OpenAICompatibleServer:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/02_backends.ipynb #eb941320
+# %% ../nbs/02_backends.ipynb #7ea5c3ae
 class OpenAIBackend:
     "Chat completions from an OpenAI-compatible endpoint, with a concurrency limit and retries."
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
@@ -390,7 +400,7 @@ class OpenAIBackend:
         t.start(); t.join()
         return box["r"]
 
-# %% ../nbs/02_backends.ipynb #2dba3512
+# %% ../nbs/02_backends.ipynb #55744fda
 BENCH_TOPICS = ["rivers", "bread", "volcanoes", "chess", "bees", "trains", "glaciers", "violins", "deserts", "owls",
                 "bridges", "tea", "comets", "coral reefs", "maps", "lighthouses", "wolves", "paper", "tides", "castles",
                 "mushrooms", "kites", "salt", "clocks", "penguins", "bicycles", "caves", "honey", "storms", "lanterns",

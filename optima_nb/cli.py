@@ -10,8 +10,8 @@ from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_bench_calibrate', 'cmd_run', 'cmd_report',
-           'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run',
+           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -79,6 +79,21 @@ def cmd_bench_calibrate(args) -> list[dict]:
     return rows
 
 # %% ../nbs/90_cli.ipynb #4a22751e
+def cmd_bench_generator(args) -> dict:
+    "Time plain vs fast sampling of the ScoreFlow generator; print it, optionally write JSON."
+    from optima_nb.scoreflow import bench_generator, load_scoreflow_config
+    res = bench_generator(load_scoreflow_config(args.config), adapter=args.adapter, k=args.k, seed=args.seed)
+    print(f"generator {res['model']}  adapter {res['adapter']}  problems {res['problems']}  k {res['k']}  "
+          f"max_new_tokens {res['max_new_tokens']}  threads {res['torch_threads']}")
+    for name in ("plain", "fast"):
+        r = res[name]
+        print(f"{name:>6}: {r['seconds']:8.2f} s  prompt tokens {r['prompt_tokens']:>6}  reused {r['reused_tokens']:>6}  "
+              f"generated {r['generated_tokens']:>6}")
+    print(f"speedup: {res['speedup']:.2f}x   same text: {res['same_text']:.0%}")
+    if args.json: atomic_write_json(args.json, res)
+    return res
+
+# %% ../nbs/90_cli.ipynb #13aa4506
 def cmd_run(args) -> list[dict]:
     "Run (or resume) an Optima training config."
     from optima_nb.report import analyse_run
@@ -101,7 +116,7 @@ def cmd_report(args) -> list[dict]:
     else: print(format_report(rows))
     return rows
 
-# %% ../nbs/90_cli.ipynb #13aa4506
+# %% ../nbs/90_cli.ipynb #757870e9
 def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
     "(model, adapter) for `base`, an adapter folder or a train stage folder with checkpoint.json."
     from optima_nb.models import ModelNotFoundError
@@ -134,7 +149,7 @@ def cmd_figures(args) -> list:
     for f in files: print(f)
     return files
 
-# %% ../nbs/90_cli.ipynb #757870e9
+# %% ../nbs/90_cli.ipynb #b63d96a3
 def _baseline_config(args):
     "The baseline config the options ask for, or None."
     from optima_nb.workflow_baselines import WorkflowBaselineConfig, load_workflow_baseline_config
@@ -161,7 +176,7 @@ def cmd_scoreflow(args):
         for split in baselines.splits: print(f"{split} split\n{scoreflow_table(run_dir, split)}")
     return result
 
-# %% ../nbs/90_cli.ipynb #b63d96a3
+# %% ../nbs/90_cli.ipynb #845d2014
 def _bench_parser(bench, name: str, help: str, func) -> argparse.ArgumentParser:
     "A `bench` subcommand with the options every benchmark takes (`--model`, `--json`)."
     p = bench.add_parser(name, help=help)
@@ -198,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instances", type=int, default=24)
     c.add_argument("--samples", type=int, default=8)
     c.add_argument("--temperature", type=float, help="sampling temperature (default: the config's sampling.temperature, else 0.7)")
+    w = bench.add_parser("generator", help="ScoreFlow generator sampling: plain vs merged adapter + prompts prefilled once")
+    w.add_argument("--config", type=Path, required=True, help="ScoreFlow config (generator settings, validation problems, k)")
+    w.add_argument("--adapter", type=Path, help="a trained generator adapter, e.g. RUN/iter_base/warm_start/adapter")
+    w.add_argument("--k", type=int, help="samples per problem (default: the config's k)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    w.set_defaults(func=cmd_bench_generator)
     r = sub.add_parser("run", help="run or resume an Optima training config")
     r.add_argument("config", type=Path); r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -125,7 +125,7 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTraine
     return fix_special_tokens(tok)
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
-               dtype: torch.dtype = torch.float32, adapter: str | os.PathLike | None = None):
+               dtype: torch.dtype = torch.float32, adapter: str | os.PathLike | None = None, merge_adapter: bool = False):
     "Load `(model, tokenizer)` from an embedded model name, `.gguf` file or HF folder; optionally with a PEFT adapter."
     path = resolve_model_path(name_or_path)
     tok = load_tokenizer(path)
@@ -136,6 +136,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "c
         if not (Path(adapter) / "adapter_config.json").exists():
             raise ModelNotFoundError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter)
+        if merge_adapter: model = model.merge_and_unload()
     return model.eval(), tok
 
 # %% ../nbs/01_models.ipynb #8f3918ec

@@ -4,7 +4,8 @@
 
 # %% ../nbs/12_scoreflow.ipynb #9c9e2a4d
 from __future__ import annotations
-import asyncio, dataclasses, gc, json, os, shutil, statistics
+import asyncio, dataclasses, gc, json, os, shutil, statistics, time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,10 @@ from .workflows import (BENCHMARK_KINDS, RULES, BackendLLM, OperatorConfig, Oper
 # %% auto #0
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
            'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'generator_messages',
-           'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
-           'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
-           'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'share_stage',
-           'ablation', 'format_ablation']
+           'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits',
+           'ExecutorLLM', 'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs',
+           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
+           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -100,6 +101,7 @@ class ScoreFlowConfig:
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
     warm_start: Optional[TrainConfig] = None  # SFT the generator on the seed workflows before the base evaluation (small generators)
+    warm_start_seeds: Optional[int] = None    # seed workflows per validation problem in the warm start (rotating); None: all
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     train: TrainConfig = field(default_factory=paper_train_config)
@@ -115,6 +117,8 @@ class ScoreFlowConfig:
         for name in ("n_validate", "n_test", "pairs_per_iteration"):
             if getattr(self, name) is not None and getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1 or null")
         if self.max_resamples < 0: raise ValueError(f"max_resamples must be >= 0, got {self.max_resamples}")
+        if self.warm_start_seeds is not None and self.warm_start_seeds < 1:
+            raise ValueError(f"warm_start_seeds must be >= 1 or null, got {self.warm_start_seeds}")
         if self.train.pairs_per_epoch is not None:
             raise ValueError("train.pairs_per_epoch is set from pairs_per_iteration: leave it out of the train section")
 
@@ -208,12 +212,22 @@ def generator_messages(problem: Problem) -> list[dict]:
     "The generator's prompt for `problem` as chat messages (what `sample_workflows` sends)."
     return [{"role": "user", "content": generator_prompt(problem, rules=RULES[problem.kind])}]
 
-def warm_start_examples(problems: Sequence[Problem], tokenizer, max_length: int) -> list[dict]:
-    "SFT examples: each problem's generator prompt with each seed workflow of its kind as the reply (reply tokens trained)."
-    return [own_turn_example(tokenizer, generator_messages(p) + [{"role": "assistant", "content": r["text"]}], max_length)
-            for p in problems for r in seed_records(p, 0)]
+def rotating_seeds(problems: Sequence[Problem], per_problem: Optional[int] = None) -> list[tuple[Problem, dict]]:
+    "(problem, seed record) pairs: `per_problem` seeds of each problem's kind, rotating within the kind (None: all seeds)."
+    seen, out = Counter(), []
+    for p in problems:
+        recs = seed_records(p, 0)
+        n = len(recs) if per_problem is None else min(per_problem, len(recs))
+        out += [(p, recs[(seen[p.kind] * n + t) % len(recs)]) for t in range(n)]
+        seen[p.kind] += 1
+    return out
 
-# %% ../nbs/12_scoreflow.ipynb #c7bc27f4
+def warm_start_examples(problems: Sequence[Problem], tokenizer, max_length: int, per_problem: Optional[int] = None) -> list[dict]:
+    "SFT examples: each problem's generator prompt with seed workflows of its kind as replies (reply tokens trained)."
+    return [own_turn_example(tokenizer, generator_messages(p) + [{"role": "assistant", "content": r["text"]}], max_length)
+            for p, r in rotating_seeds(problems, per_problem)]
+
+# %% ../nbs/12_scoreflow.ipynb #b94d3fb4
 def public_view(problem: Problem) -> dict:
     "What a sandboxed workflow may see of its problem (never the answer or the hidden tests)."
     return {"id": problem.id, "benchmark": problem.benchmark, "kind": problem.kind, "question": problem.question}
@@ -233,7 +247,7 @@ def code_limits(sandbox: SandboxConfig) -> SandboxLimits:
     "Sandbox limits of one run of generated code (programmer, public tests, hidden tests)."
     return SandboxLimits(wall_s=sandbox.code_wall_s, cpu_s=max(1, int(sandbox.code_wall_s)), memory_mb=sandbox.memory_mb)
 
-# %% ../nbs/12_scoreflow.ipynb #a64d202c
+# %% ../nbs/12_scoreflow.ipynb #02f7d12c
 class ExecutorLLM(BackendLLM):
     "A `BackendLLM` for the executor: a caller that gives up cancels its queued request, which the queue then skips."
     async def __call__(self, messages, max_tokens: int) -> tuple[str, int]:
@@ -276,7 +290,7 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     answer = extract_answer(problem, output)
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
 
-# %% ../nbs/12_scoreflow.ipynb #02f7d12c
+# %% ../nbs/12_scoreflow.ipynb #0886ea83
 def _run_sync(coro):
     "Run `coro` to completion from sync code, also when this thread already runs an event loop (Jupyter)."
     try: asyncio.get_running_loop()
@@ -361,7 +375,7 @@ class WorkflowExecutor:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/12_scoreflow.ipynb #a37dda17
+# %% ../nbs/12_scoreflow.ipynb #a78ad305
 def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
     "Every (chosen, rejected) pair of scored records of the same problem with chosen score > rejected score."
     by_problem: dict[str, list[dict]] = {}
@@ -390,7 +404,7 @@ def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, see
     "The pairs of `pair_draw`, in draw order."
     return [pairs[i] for i in pair_draw(pairs, n, power, seed)]
 
-# %% ../nbs/12_scoreflow.ipynb #f94bf935
+# %% ../nbs/12_scoreflow.ipynb #e41712e5
 def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pairs_per_iteration: int | None,
                     out_dir, init_adapter=None) -> Path:
     "One training stage of the generator on `pairs`: Score-DPO draws inside the trainer; DPO/RPO get the same draw."
@@ -399,7 +413,7 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
     drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
     return train_dpo(base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter)
 
-# %% ../nbs/12_scoreflow.ipynb #e41712e5
+# %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
 
 class ScoreFlowRun:
@@ -442,9 +456,7 @@ class ScoreFlowRun:
                 self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization)
             self._vllm.set_adapter(adapter)
             return self._vllm
-        from optima_nb.backends import HFBackend
-        return HFBackend.from_pretrained(model, adapter=adapter, device="cuda" if torch.cuda.is_available() else "cpu",
-                                         max_batch_size=g.max_batch_size, progress=self.progress)
+        return hf_generator(g, model, adapter, progress=self.progress)
 
     def release_generator(self, engine: bool = False):
         "Drop the HF generator (and with `engine`, the vLLM engine) to free memory, e.g. before training."
@@ -489,7 +501,8 @@ class ScoreFlowRun:
         if self.cfg.warm_start is None: raise ValueError("this run has no warm_start section")
         def fn(tmp):
             model = self.cfg.generator.model
-            examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length)
+            examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length,
+                                           per_problem=self.cfg.warm_start_seeds)
             self.release_generator(engine=True)
             write_checkpoint(tmp, self.rd.root, model, train_sft(model, examples, self.cfg.warm_start, tmp / "adapter"))
             return {"n_examples": len(examples)}
@@ -609,7 +622,32 @@ def run_scoreflow(cfg: ScoreFlowConfig, out_dir, progress: bool = True) -> list[
     "Run (or resume) a ScoreFlow run into `out_dir`; returns the metrics rows (also in `out_dir/metrics.jsonl`)."
     return ScoreFlowRun(cfg, out_dir, progress).run()
 
-# %% ../nbs/12_scoreflow.ipynb #0d744b0f
+# %% ../nbs/12_scoreflow.ipynb #9fa84ccd
+def hf_generator(g: GeneratorConfig, model: str, adapter=None, fast: bool = True, progress: bool = False):
+    "The transformers generator backend; `fast`: adapter merged into the weights and each distinct prompt prefilled once."
+    from optima_nb.backends import HFBackend
+    return HFBackend.from_pretrained(model, adapter=adapter, device="cuda" if torch.cuda.is_available() else "cpu",
+                                     merge_adapter=fast, prefill_once=fast, max_batch_size=g.max_batch_size, progress=progress)
+
+def bench_generator(cfg: ScoreFlowConfig, adapter=None, k: int | None = None, seed: int = 0) -> dict:
+    "Seconds to sample `k` workflows per validation problem with a plain and with the `fast` HF generator, side by side."
+    g, k = cfg.generator, k or cfg.k
+    prompts = [generator_messages(p) for p in load_split(cfg, "validate")[0]]
+    params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
+    res, texts = {"model": g.model, "adapter": None if adapter is None else str(adapter), "problems": len(prompts), "k": k,
+                  "max_new_tokens": g.max_new_tokens, "torch_threads": torch.get_num_threads()}, {}
+    for name, fast in (("plain", False), ("fast", True)):
+        backend = hf_generator(g, g.model, adapter, fast=fast)
+        t0 = time.perf_counter(); outs = backend.generate(prompts, params)
+        res[name] = {"seconds": round(time.perf_counter() - t0, 2), **backend.stats,
+                     "generated_tokens": sum(c.n_tokens for o in outs for c in o)}
+        texts[name] = [c.text for o in outs for c in o]
+        del backend; gc.collect()
+    res["speedup"] = round(res["plain"]["seconds"] / res["fast"]["seconds"], 2)
+    res["same_text"] = round(sum(a == b for a, b in zip(texts["plain"], texts["fast"])) / len(texts["plain"]), 3)
+    return res
+
+# %% ../nbs/12_scoreflow.ipynb #7f4e9c1c
 ABLATION_VARIANTS: dict[str, str] = {"score-dpo": "score", "dpo": "sigmoid"}
 
 def share_stage(src: RunDir, dst: RunDir, iteration, stage: str) -> Path:
