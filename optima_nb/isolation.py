@@ -319,6 +319,12 @@ def _run_job(job: dict, ns: dict, loop, link) -> dict:
     except (TypeError, ValueError): return {"t": "result", "ok": False, "reason": f"unserializable value: {type(value).__name__}"}
     return {"t": "result", "ok": True, "value": value}
 
+def _pin_lines(path: str) -> list[str]:
+    "Cache `path`'s lines for tracebacks and keep linecache from re-reading the file later (the guards refuse that)."
+    lines = linecache.getlines(path)
+    if lines: linecache.cache[path] = (sum(map(len, lines)), None, lines, path)  # mtime None: never re-checked
+    return lines
+
 def _child_main():
     "Entry point of the sandbox child (runs only in the child process)."
     job = json.loads(sys.stdin.buffer.read())
@@ -326,7 +332,7 @@ def _child_main():
     layers = _confine(limits, job["uid"], job["parent_pid"])
     loop = asyncio.new_event_loop()  # before the guards: its self-pipe is a socketpair
     link = _ParentLink(job["req_fd"], job["rep_fd"], loop)
-    linecache.getlines(__file__)  # cache this file's lines for tracebacks: the guards refuse reading it later
+    _pin_lines(__file__)  # tracebacks show this file's lines even if it changes on disk while the child runs
     user_builtins = builtins.__dict__
     if limits.python_guards:
         block = _blocker(link)
@@ -342,7 +348,7 @@ def _child_main():
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)
 
-# %% ../nbs/10_isolation.ipynb #bc480595
+# %% ../nbs/10_isolation.ipynb #24bef1db
 _BOOT = ("import sys, importlib.util as u; s = u.spec_from_file_location('optima_nb.isolation', sys.argv[1]); "
          "m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m); m._child_main()")
 
@@ -388,7 +394,7 @@ async def _call_operator(operator: Callable, args: list, kwargs: dict):
     value = await asyncio.to_thread(operator, *args, **kwargs)
     return await value if inspect.isawaitable(value) else value
 
-# %% ../nbs/10_isolation.ipynb #24bef1db
+# %% ../nbs/10_isolation.ipynb #1d8c4e81
 class _Supervisor:
     "Start one sandbox child, watch it, serve its operator calls, and turn what happened into a `SandboxResult`."
     def __init__(self, job: dict, limits: SandboxLimits, operators: dict[str, Callable] | None = None):
@@ -515,7 +521,7 @@ class _Supervisor:
         if rc is not None and rc < 0: return SandboxResult(ok=False, reason=_signal_reason(-rc, err), **common)
         return SandboxResult(ok=False, reason=f"exit {rc}" + ("" if self.result_msg else " without a result"), **common)
 
-# %% ../nbs/10_isolation.ipynb #1d8c4e81
+# %% ../nbs/10_isolation.ipynb #63d9fd75
 def _run_sync(coro):
     "Run `coro` to completion from sync code, whether or not this thread already runs an event loop."
     try: asyncio.get_running_loop()
@@ -531,7 +537,7 @@ def run_code(code: str, entry: str | None = None, args: Sequence = (), limits: S
     "Blocking `arun_code`."
     return _run_sync(arun_code(code, entry, args, limits))
 
-# %% ../nbs/10_isolation.ipynb #df16ed1c
+# %% ../nbs/10_isolation.ipynb #4eb10a09
 async def arun_tests(solution_code: str, test_code: str | Sequence[str], entry_point: str,
                      limits: SandboxLimits | None = None) -> SandboxResult:
     "Run `test_code` against `solution_code`'s `entry_point` in a sandbox; ok means all tests passed."
@@ -544,7 +550,7 @@ def run_tests(solution_code: str, test_code: str | Sequence[str], entry_point: s
     "Blocking `arun_tests`."
     return _run_sync(arun_tests(solution_code, test_code, entry_point, limits))
 
-# %% ../nbs/10_isolation.ipynb #b448d248
+# %% ../nbs/10_isolation.ipynb #9951ff02
 async def arun_workflow(code: str, class_name: str, operators: dict[str, Callable], problem: Any,
                         limits: SandboxLimits | None = None, method: str = "run_workflow") -> SandboxResult:
     "Run one workflow in a sandbox; its operator calls are served in this process by `operators`."
