@@ -199,14 +199,14 @@ class HFBackend:
     def generate(self, requests: Sequence[Messages], params: GenerationParams = GenerationParams()) -> list[list[Completion]]:
         "`n` completions per request, generated in micro-batches."
         prompts = [self.encode(m) for m in requests]
-        if self.prefill_once and self.prefix_cache is not None and (params.n > 1 or len(set(map(tuple, prompts))) < len(prompts)):
-            self.prefill(prompts)
         jobs = [(r, s) for r in range(len(prompts)) for s in range(params.n)]
         batches = plan_micro_batches([len(prompts[r]) for r, _ in jobs], params.max_new_tokens,
                                      self.max_batch_size, self.max_batch_tokens)
         results = [[None] * params.n for _ in prompts]
         for b, batch in enumerate(tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2)):
-            for k, c in zip(batch, self._generate_batch([prompts[jobs[k][0]] for k in batch], params, params.seed + b)):
+            rows = [prompts[jobs[k][0]] for k in batch]
+            if self.prefill_once and self.prefix_cache is not None and len(set(map(tuple, rows))) < len(rows): self.prefill(rows)
+            for k, c in zip(batch, self._generate_batch(rows, params, params.seed + b)):
                 r, s = jobs[k]
                 results[r][s] = c
         return results
