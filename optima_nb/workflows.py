@@ -18,10 +18,11 @@ __all__ = ['Kind', 'BENCHMARK_KINDS', 'SPLITS', 'LLM', 'OPERATORS_BY_KIND', 'OPE
            'TEMPLATES', 'RULES', 'SAFE_BUILTINS', 'STR_METHODS', 'LIST_METHODS', 'BANNED_NAMES', 'TOY_PROBLEMS',
            'Problem', 'last_number', 'load_public_tests', 'public_tests_for', 'aflow_dir', 'aflow_file', 'load_aflow',
            'after_marker', 'extract_answer', 'score_answer', 'extract_code', 'solution_program', 'code_test_program',
-           'public_test_program', 'BackendLLM', 'OperatorConfig', 'executor_text', 'check_operator_call', 'Operators',
-           'WorkflowRules', 'operator_cards', 'generator_prompt', 'WorkflowInvalid', 'parse_graph', 'WorkflowReport',
-           'find_run_workflow', 'workflow_body', 'template_similarity', 'copied_problem_text', 'validate_workflow',
-           'check_graph', 'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'sample_workflows']
+           'public_test_program', 'BackendLLM', 'OperatorConfig', 'executor_text', 'check_operator_call',
+           'operator_value_error', 'Operators', 'WorkflowRules', 'operator_cards', 'generator_prompt',
+           'WorkflowInvalid', 'parse_graph', 'WorkflowReport', 'find_run_workflow', 'workflow_body',
+           'template_similarity', 'copied_problem_text', 'validate_workflow', 'check_graph', 'workflow_globals',
+           'run_workflow', 'smoke_run', 'generator_params', 'sample_workflows']
 
 # %% ../nbs/11_workflows.ipynb #0f726e92
 Kind = Literal["math", "qa", "code"]
@@ -345,6 +346,14 @@ def check_operator_call(kind: str, name: str, args: Sequence = (), kwargs: dict 
     if missing: return f"{name}() needs the argument '{missing[0]}'"
     return None
 
+def operator_value_error(name: str, args: Sequence = (), kwargs: dict | None = None) -> str | None:
+    "Why the values given to operator `name` have the wrong type: `solutions` takes a list of strings, every other argument a string."
+    for param, value in [*zip(OPERATOR_PARAMS[name][0], args), *(kwargs or {}).items()]:
+        many = param == "solutions"
+        if many and isinstance(value, list) and all(isinstance(v, str) for v in value) or not many and isinstance(value, str): continue
+        return f"{name}(): '{param}' takes {'a list of strings' if many else 'a string'}, got {type(value).__name__}"
+    return None
+
 async def _resolve(value):
     return await value if inspect.isawaitable(value) else value
 
@@ -375,7 +384,7 @@ class Operators:
 
     async def invoke(self, name: str, *args, **kwargs) -> str:
         "Run operator `name` after checking that the kind offers it and the arguments fit its call format."
-        reason = check_operator_call(self.problem.kind, name, args, kwargs)
+        reason = check_operator_call(self.problem.kind, name, args, kwargs) or operator_value_error(name, args, kwargs)
         if reason: raise ValueError(reason)
         calls, tokens = self.n_calls, self.n_tokens
         out = await getattr(self, name)(*args, **kwargs)
