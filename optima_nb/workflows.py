@@ -347,11 +347,11 @@ def check_operator_call(kind: str, name: str, args: Sequence = (), kwargs: dict 
     return None
 
 def operator_value_error(name: str, args: Sequence = (), kwargs: dict | None = None) -> str | None:
-    "Why the values given to operator `name` have the wrong type: `solutions` takes a list of strings, every other argument a string."
+    "Why a value given to operator `name` has the wrong type: `solutions` takes a list (or one string), the rest a string."
     for param, value in [*zip(OPERATOR_PARAMS[name][0], args), *(kwargs or {}).items()]:
-        many = param == "solutions"
-        if many and isinstance(value, list) and all(isinstance(v, str) for v in value) or not many and isinstance(value, str): continue
-        return f"{name}(): '{param}' takes {'a list of strings' if many else 'a string'}, got {type(value).__name__}"
+        many = param == "solutions"   # sc_ensemble itself turns one string into a list of one
+        if isinstance(value, str) or many and isinstance(value, list): continue
+        return f"{name}(): '{param}' takes {'a list of solutions' if many else 'a string'}, got {type(value).__name__}"
     return None
 
 async def _resolve(value):
