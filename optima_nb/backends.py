@@ -191,6 +191,7 @@ class HFBackend:
 
     def prefill(self, prompts: Sequence[list[int]]) -> None:
         "Put the keys/values of each distinct prompt not yet cached into the prefix cache (one forward pass per micro-batch)."
+        if self.prefix_cache is None: return
         todo = list({tuple(p): p for p in prompts if self.prefix_cache.lookup(p)[0] < len(p) - 1}.values())
         once = GenerationParams(max_new_tokens=1)  # the one generated token never enters the cache: only the prompt is stored
         for batch in plan_micro_batches([len(p) for p in todo], 1, self.max_batch_size, self.max_batch_tokens):
@@ -205,7 +206,7 @@ class HFBackend:
         results = [[None] * params.n for _ in prompts]
         for b, batch in enumerate(tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2)):
             rows = [prompts[jobs[k][0]] for k in batch]
-            if self.prefill_once and self.prefix_cache is not None and len(set(map(tuple, rows))) < len(rows): self.prefill(rows)
+            if self.prefill_once and len(set(map(tuple, rows))) < len(rows): self.prefill(rows)
             for k, c in zip(batch, self._generate_batch(rows, params, params.seed + b)):
                 r, s = jobs[k]
                 results[r][s] = c
