@@ -19,17 +19,17 @@ from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import TrainConfig, own_turn_example, pair_sampling_weights, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
 from .training import RunDir, read_checkpoint, write_checkpoint
-from .workflows import (BENCHMARK_KINDS, RULES, BackendLLM, OperatorConfig, Operators, Problem,
-                                 code_test_program, extract_answer, generator_prompt, load_aflow, public_test_program,
+from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
+                                 code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow)
 
 # %% auto #0
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
-           'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'generator_messages',
-           'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits',
-           'ExecutorLLM', 'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs',
-           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
-           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'rotating_seeds',
+           'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
+           'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
+           'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'hf_generator',
+           'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -208,10 +208,6 @@ def seed_records(problem: Problem, start_index: int) -> list[dict]:
     return out
 
 # %% ../nbs/12_scoreflow.ipynb #927c84d3
-def generator_messages(problem: Problem) -> list[dict]:
-    "The generator's prompt for `problem` as chat messages (what `sample_workflows` sends)."
-    return [{"role": "user", "content": generator_prompt(problem, rules=RULES[problem.kind])}]
-
 def rotating_seeds(problems: Sequence[Problem], per_problem: Optional[int] = None) -> list[tuple[Problem, dict]]:
     "(problem, seed record) pairs: `per_problem` seeds of each problem's kind, rotating within the kind (None: all seeds)."
     seen, out = Counter(), []

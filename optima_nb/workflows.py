@@ -20,9 +20,9 @@ __all__ = ['Kind', 'BENCHMARK_KINDS', 'SPLITS', 'LLM', 'OPERATORS_BY_KIND', 'OPE
            'after_marker', 'extract_answer', 'score_answer', 'extract_code', 'solution_program', 'code_test_program',
            'public_test_program', 'BackendLLM', 'OperatorConfig', 'executor_text', 'check_operator_call',
            'operator_value_error', 'Operators', 'WorkflowRules', 'operator_cards', 'generator_prompt',
-           'WorkflowInvalid', 'parse_graph', 'WorkflowReport', 'find_run_workflow', 'workflow_body',
-           'template_similarity', 'copied_problem_text', 'validate_workflow', 'check_graph', 'workflow_globals',
-           'run_workflow', 'smoke_run', 'generator_params', 'sample_workflows']
+           'generator_messages', 'WorkflowInvalid', 'parse_graph', 'WorkflowReport', 'find_run_workflow',
+           'workflow_body', 'template_similarity', 'copied_problem_text', 'validate_workflow', 'check_graph',
+           'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'sample_workflows']
 
 # %% ../nbs/11_workflows.ipynb #0f726e92
 Kind = Literal["math", "qa", "code"]
@@ -555,6 +555,10 @@ Problem:
 {text}
 """
 
+def generator_messages(problem: Problem, rules: WorkflowRules | None = None) -> list[dict]:
+    "The generator's prompt for `problem` as chat messages (what `sample_workflows` sends; `rules` default to its kind's)."
+    return [{"role": "user", "content": generator_prompt(problem, rules=rules)}]
+
 # %% ../nbs/11_workflows.ipynb #6a29b2fb
 class WorkflowInvalid(ValueError):
     "Generated workflow code was rejected; `reasons` lists why."
@@ -981,7 +985,7 @@ def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8,
     "`k` validated workflows per problem: one batched generate call, then batched resampling of the invalid ones."
     params = dataclasses.replace(params or generator_params(k, seed), n=k, seed=seed)
     rules = rules or RULES
-    prompts = [[{"role": "user", "content": generator_prompt(p, rules=rules[p.kind])}] for p in problems]
+    prompts = [generator_messages(p, rules[p.kind]) for p in problems]
     outputs = generator_backend.generate(prompts, params)
     records, owner = [], []
     for pi, (problem, outs) in enumerate(zip(problems, outputs)):
