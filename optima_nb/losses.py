@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_losses.ipynb #54dd2954
 from __future__ import annotations
-import argparse, copy, dataclasses, logging, os, shutil, sys
+import argparse, dataclasses, logging, os, shutil, socket, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel
 from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-from .config import load_config, read_jsonl
+from .config import atomic_write_jsonl, load_config, read_jsonl, save_config
 from .conversation import agent_view, system_prompt
 from .models import ModelNotFoundError, end_of_turn_token, load_model
 from .tasks import AGENTS, Instance
@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'render_chat', 'own_turn_spans', 'label_spans', 'count_tokens',
            'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config', 'score_dpo_loss',
-           'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer', 'training_kwargs',
-           'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer', 'train_sft', 'preference_rows',
-           'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main']
+           'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer', 'mixed_precision',
+           'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer', 'train_sft',
+           'preference_rows', 'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main',
+           'LauncherConfig', 'free_port', 'launch_command', 'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -108,6 +109,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     lr_scheduler: str = "cosine"
     gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 mixed precision on a GPU that has it, else fp32
     seed: int = 0
     logging_steps: int = 10
 
@@ -219,18 +221,25 @@ class ScoreDPOTrainer(DPOTrainer):
 # transformers 5.2x renamed gradient_checkpointing (a deprecated alias now) to activation_checkpointing
 _CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing"
 
+def mixed_precision(precision: str = "auto", on_gpu: bool | None = None) -> dict:
+    "TrainingArguments `bf16`/`fp16` flags for `precision` (`auto`: bf16 on a GPU that supports it, else fp32)."
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    if precision == "auto": precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not on_gpu: raise ValueError(f"precision {precision!r} needs a GPU; use fp32 or auto on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
 def training_kwargs(cfg: TrainConfig, output_dir: Path) -> dict:
     "TrainingArguments shared by the SFT and DPO configs."
     return dict(output_dir=str(output_dir), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
                 per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
                 warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, seed=cfg.seed, data_seed=cfg.seed,
-                logging_steps=cfg.logging_steps, report_to="none", save_strategy="no", bf16=False, fp16=False,
+                logging_steps=cfg.logging_steps, report_to="none", save_strategy="no", **mixed_precision(cfg.precision),
                 use_cpu=not torch.cuda.is_available(), max_length=cfg.max_length, dataloader_num_workers=0,
                 **{_CHECKPOINTING: cfg.gradient_checkpointing})
 
 def load_policy(base_model_path: str | os.PathLike, cfg: TrainConfig, init_adapter: str | os.PathLike | None = None):
     "`(model, tokenizer, peft_config)` to train: base + fresh LoRA config, base + trainable init adapter, or a full model."
-    model, tok = load_model(base_model_path)
+    model, tok = load_model(base_model_path, device="cpu")   # fp32 master weights; the Trainer places them (one copy per process)
     if init_adapter is None: return model, tok, (lora_config(cfg) if cfg.lora else None)
     if not (Path(init_adapter) / "adapter_config.json").exists():
         raise ModelNotFoundError(f"{init_adapter} is not a PEFT adapter folder (no adapter_config.json)")
@@ -308,9 +317,10 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
     if not pairs: raise ValueError("no preference pairs")
     if cfg.loss == "score": check_scores(pairs)
     model, tok, peft_config = load_policy(base_model_path, cfg, init_adapter)
-    ref_model = None if cfg.lora else copy.deepcopy(model).eval()  # full fine-tuning: a frozen copy of the starting weights
     rows = preference_rows(pairs, tok, cfg.max_length, with_scores=cfg.loss == "score")
-    common = dict(training_kwargs(cfg, output_dir), beta=cfg.beta)
+    # full fine-tuning: the reference log-probs are computed once from the starting weights before training, so
+    # no frozen copy of the model is held (TRL's precompute_ref_log_probs); with LoRA the adapter is disabled instead
+    common = dict(training_kwargs(cfg, output_dir), beta=cfg.beta, precompute_ref_log_probs=not cfg.lora)
     if cfg.loss == "score":
         args = ScoreDPOConfig(**common, score_f=cfg.score_f, score_d_power=cfg.score_d_power, pairs_per_epoch=cfg.pairs_per_epoch)
         trainer_cls = ScoreDPOTrainer
@@ -318,7 +328,7 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
         rpo = cfg.loss == "rpo"
         args = DPOConfig(**common, loss_type=["sigmoid", "sft"] if rpo else ["sigmoid"], loss_weights=[1.0, cfg.rpo_alpha] if rpo else None)
         trainer_cls = DPOTrainer
-    trainer = trainer_cls(model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+    trainer = trainer_cls(model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=peft_config)
     kept = len(trainer.train_dataset)
     if kept == 0: raise ValueError(f"TRL dropped all {len(rows)} pairs (prompt alone >= max_length={cfg.max_length}): raise max_length")
@@ -359,3 +369,52 @@ def main(argv: Sequence[str] | None = None) -> Path:
 # %% ../nbs/08_losses.ipynb #f68287ab
 #| eval: false
 if __name__ == "__main__": main()
+
+# %% ../nbs/08_losses.ipynb #21015126
+@dataclass
+class LauncherConfig:
+    "Where training stages run: in this process, a child process, or `accelerate launch` child processes."
+    kind: Literal["inprocess", "subprocess", "accelerate"] = "inprocess"
+    num_processes: int = 1                   # accelerate: processes on this machine (one per GPU)
+    accelerate_config: Optional[str] = None  # accelerate: a config file (DeepSpeed, FSDP, multi-node); replaces the flags below
+    main_process_port: Optional[int] = None  # accelerate: None picks a free port
+    extra_args: list[str] = field(default_factory=list)   # more `accelerate launch` flags
+
+def free_port() -> int:
+    "A TCP port on localhost that is free now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def launch_command(launcher: LauncherConfig, kind: str, model, data, out, config, init_adapter=None) -> list[str]:
+    "The command line that trains one stage from files in a child process under `launcher`."
+    stage = [kind, "--model", str(model), "--data", str(data), "--out", str(out), "--config", str(config)]
+    if init_adapter: stage += ["--init-adapter", str(init_adapter)]
+    if launcher.kind == "subprocess": return [sys.executable, "-m", "optima_nb.losses", *stage]
+    if launcher.kind != "accelerate": raise ValueError(f"launcher.kind {launcher.kind!r} runs no child process")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launcher.accelerate_config: cmd += ["--config_file", str(launcher.accelerate_config)]
+    else:
+        cmd += ["--num_processes", str(launcher.num_processes), "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+        if launcher.num_processes > 1: cmd.append("--multi_gpu")   # accelerate's torchrun launcher: NCCL on GPUs, gloo on CPU
+    cmd += ["--main_process_port", str(launcher.main_process_port or free_port())]
+    return [*cmd, *launcher.extra_args, "-m", "optima_nb.losses", *stage]
+
+# %% ../nbs/08_losses.ipynb #90b4fbb6
+def run_training(kind: Literal["sft", "dpo"], model, rows: Sequence[dict], cfg: TrainConfig, out,
+                 init_adapter=None, launcher: LauncherConfig = LauncherConfig()) -> Path:
+    "Train one SFT or DPO stage under `launcher`; returns `out` (an adapter or a full model folder)."
+    if launcher.kind == "inprocess": return {"sft": train_sft, "dpo": train_dpo}[kind](model, rows, cfg, out, init_adapter)
+    out = Path(out)
+    inputs = out.with_name(out.name + ".inputs")
+    inputs.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(inputs / "data.jsonl", rows); save_config(cfg, inputs / "train.yaml")
+    cmd = launch_command(launcher, kind, model, inputs / "data.jsonl", out, inputs / "train.yaml", init_adapter)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if launcher.kind == "accelerate" and not torch.cuda.is_available():   # CPU processes share the cores
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, launcher.num_processes))))
+    with open(inputs / "train.log", "w") as log_file:
+        code = subprocess.run(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not out.exists():
+        tail = (inputs / "train.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"training stage failed (exit {code}): {' '.join(cmd)}\n--- end of {inputs / 'train.log'} ---\n{tail}")
+    return out

@@ -14,7 +14,7 @@ from .config import (ConfigError, atomic_write_json, atomic_write_jsonl, atomic_
                               load_config, read_jsonl, save_config, to_dict)
 from .conversation import ConversationConfig, make_conversations, play
 from .mcts import MCTSConfig
-from .losses import TrainConfig
+from .losses import LauncherConfig, TrainConfig, run_training
 from .models import DEFAULT_MODEL
 from .reward import RewardConfig, percentile_normalizer
 from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_instances
@@ -22,8 +22,9 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
            'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir',
-           'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records',
-           'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+           'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend', 'backend_for', 'checkpoint_of',
+           'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows',
+           'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -41,10 +42,16 @@ class ModelConfig:
     "The shared model of both agents and how it is served."
     name: str = DEFAULT_MODEL         # embedded model name, HF folder or .gguf file
     backend: Literal["hf", "vllm"] = "hf"
-    max_batch_size: int = 64
+    device: str = "auto"                   # hf backend and readability scorer: auto = cuda when visible, else cpu
+    dtype: str = "auto"                    # generation and scoring: auto = bf16 on a GPU that has it, else fp32
+    max_batch_size: int = 64               # hf only
     prefix_cache_tokens: int = 32768       # hf only: keys/values kept for reuse across turns (0: off)
-    gpu_memory_utilization: float = 0.85   # vllm only
-    tensor_parallel_size: int = 1          # vllm only
+    gpu_memory_utilization: Optional[float] = None  # vllm: share of GPU memory (on CPU: of RAM for the KV cache); None: 0.85 GPU, 0.3 CPU
+    enforce_eager: Optional[bool] = None   # vllm: None = eager on CPU (engine start 23 s instead of 116 s), CUDA graphs on GPU
+    max_model_len: Optional[int] = None    # vllm: None = the model's context length
+    max_lora_rank: int = 64                # vllm: the largest LoRA rank the engine accepts
+    enable_prefix_caching: bool = True     # vllm
+    tensor_parallel_size: int = 1          # vllm
 
 @dataclass
 class SamplingConfig:
@@ -94,6 +101,7 @@ class RunConfig:
     dpo: TrainConfig = field(default_factory=lambda: TrainConfig(loss="rpo"))
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)   # where the training stages run
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
@@ -219,20 +227,46 @@ def read_checkpoint(stage_dir: Path, run_root: Path) -> dict:
     return {k: fix(v) for k, v in ck.items()}
 
 # %% ../nbs/09_training.ipynb #e097de30
-def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progress: bool = False):
-    "A generation backend for a checkpoint."
+def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progress: bool = False, enable_lora: bool | None = None):
+    "A generation backend for a checkpoint, with the engine settings of `cfg`."
     if cfg.backend == "vllm":
         from optima_nb.backends import VLLMBackend
-        return VLLMBackend(model, adapter=adapter, gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
+        return VLLMBackend(model, adapter=adapter, enable_lora=enable_lora, max_lora_rank=cfg.max_lora_rank, dtype=cfg.dtype,
+                           enforce_eager=cfg.enforce_eager, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                           max_model_len=cfg.max_model_len, enable_prefix_caching=cfg.enable_prefix_caching,
+                           tensor_parallel_size=cfg.tensor_parallel_size)
     from optima_nb.backends import HFBackend
-    return HFBackend.from_pretrained(model, adapter=adapter, max_batch_size=cfg.max_batch_size, progress=progress,
-                                     prefix_cache_tokens=cfg.prefix_cache_tokens)
+    return HFBackend.from_pretrained(model, adapter=adapter, device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.max_batch_size,
+                                     progress=progress, prefix_cache_tokens=cfg.prefix_cache_tokens)
 
-def make_scorer(model: str):
-    "Readability scorer on the frozen base model."
+def release_backend(backend) -> None:
+    "Shut a backend's engine down (if it has one) and return its memory before training or another engine starts."
+    if backend is not None and hasattr(backend, "close"): backend.close()
+    import gc; gc.collect()
+    import torch
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+def backend_for(current, cfg: ModelConfig, ck: dict, enable_lora: bool | None = None, progress: bool = False):
+    "A backend serving checkpoint `ck`: `current` with its LoRA adapter swapped when it serves the same model, else a new one."
+    if current is not None and getattr(current, "served_model", None) == ck["model"] and getattr(current, "enable_lora", False):
+        current.set_adapter(ck["adapter"])
+        return current
+    release_backend(current)
+    backend = make_backend(cfg, ck["model"], ck["adapter"], progress, enable_lora)
+    backend.served_model = ck["model"]
+    return backend
+
+def checkpoint_of(init: dict, out: Path) -> dict:
+    "What a training stage that started from checkpoint `init` produced in `out`: an adapter on `init`'s model, or a full model."
+    if (Path(out) / "adapter_config.json").exists(): return {"model": init["model"], "adapter": Path(out)}
+    return {"model": str(out), "adapter": None}
+
+def make_scorer(cfg: ModelConfig | str):
+    "Readability scorer on the frozen base model, on the configured device and dtype."
     from optima_nb.models import load_model
     from optima_nb.reward import ReadabilityScorer
-    m, tok = load_model(model)
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    m, tok = load_model(cfg.name, device=cfg.device, dtype=cfg.dtype)
     return ReadabilityScorer(m, tok)
 
 def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardConfig, scorer,
@@ -264,12 +298,12 @@ class OptimaRun:
         self.cfg, self.progress = cfg, progress
         self.rd = RunDir(out).open(cfg)
         self.splits = load_splits(cfg.task)
-        self._scorer = None
+        self._scorer, self._engine = None, None
 
     # --- helpers ---
     @property
     def scorer(self):
-        if self._scorer is None: self._scorer = make_scorer(self.cfg.model.name)
+        if self._scorer is None: self._scorer = make_scorer(self.cfg.model)
         return self._scorer
 
     def checkpoint(self, iteration: int) -> dict:
@@ -282,7 +316,25 @@ class OptimaRun:
         return [r["n_tokens"] for r in read_jsonl(self.rd.path("base", "evaluate") / "records.jsonl")]
 
     def _backend(self, ck: dict):
-        return make_backend(self.cfg.model, ck["model"], ck["adapter"], progress=False)
+        "The run's one generation backend, serving checkpoint `ck`."
+        lora = any((self.cfg.sft if kind == "sft" else self.cfg.dpo).lora for kind in self.cfg.schedule)
+        self._engine = backend_for(self._engine, self.cfg.model, ck, enable_lora=lora)
+        return self._engine
+
+    def release(self) -> None:
+        "Shut the generation engine down and drop the scorer, returning their memory (before training and at the end)."
+        engine, self._engine, self._scorer = self._engine, None, None
+        release_backend(engine)
+
+    def _train(self, kind: str, tmp: Path, rows: list[dict], init: dict) -> dict:
+        "Train one stage from checkpoint `init` under the configured launcher and record the checkpoint it produced."
+        cfg = self.cfg.sft if kind == "sft" else self.cfg.dpo
+        self.release()
+        out = run_training(kind, init["model"], rows, cfg, tmp / ("adapter" if cfg.lora else "model"),
+                           init_adapter=init["adapter"], launcher=self.cfg.launcher)
+        ck = checkpoint_of(init, out)
+        write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
+        return {"full_model": ck["adapter"] is None}
 
     # --- stages ---
     def evaluate(self, iteration, ck: dict) -> Path:
@@ -334,16 +386,14 @@ class OptimaRun:
 
     def train_sft(self, i: int, init: dict) -> Path:
         "Own-turn-masked SFT on the selected conversations (base prompt)."
-        from optima_nb.losses import conversation_examples, train_sft
+        from optima_nb.losses import conversation_examples
         from optima_nb.models import load_tokenizer
         def fn(tmp):
             sel = read_jsonl(self.rd.path(i, "select") / "selected.jsonl")
             if not sel: return self._skip(tmp, init, "no trajectory passed the selection")
             tok, by_id = load_tokenizer(init["model"]), {x.id: x for x in self.splits["train"]}
             examples = [e for r in sel for e in conversation_examples(r, by_id[r["instance_id"]], tok, self.cfg.sft.max_length)]
-            out = train_sft(init["model"], examples, self.cfg.sft, tmp / "adapter", init_adapter=init["adapter"])
-            write_checkpoint(tmp, self.rd.root, init["model"], out)
-            return {"n_examples": len(examples)}
+            return {"n_examples": len(examples), **self._train("sft", tmp, examples, init)}
         return self.rd.stage(i, "train", fn)
 
     def mcts(self, i: int, ck: dict) -> Path:
@@ -371,14 +421,10 @@ class OptimaRun:
 
     def train_dpo(self, i: int, init: dict) -> Path:
         "DPO (sigmoid, RPO or Score-DPO) on the MCTS pairs, starting from the current checkpoint."
-        from optima_nb.losses import train_dpo
         def fn(tmp):
             pairs = read_jsonl(self.rd.path(i, "pairs") / "pairs.jsonl")
             if not pairs: return self._skip(tmp, init, "no preference pair passed the thresholds")
-            res = train_dpo(init["model"], pairs, self.cfg.dpo, tmp / "adapter", init_adapter=init["adapter"])
-            model, adapter = (res if isinstance(res, tuple) else (init["model"], res))
-            write_checkpoint(tmp, self.rd.root, str(model), adapter)
-            return {"n_pairs": len(pairs)}
+            return {"n_pairs": len(pairs), **self._train("dpo", tmp, pairs, init)}
         return self.rd.stage(i, "train", fn)
 
     def _skip(self, tmp: Path, init: dict, reason: str) -> dict:
@@ -402,10 +448,12 @@ class OptimaRun:
 
     def run(self) -> list[dict]:
         "Evaluate the base model, run every iteration of the schedule, return the metrics."
-        self.evaluate("base", self.checkpoint(-1))
-        self.write_metrics()
-        for i, kind in enumerate(tqdm(self.cfg.schedule, desc="iterations", disable=not self.progress)):
-            self.iteration(i, kind)
+        try:
+            self.evaluate("base", self.checkpoint(-1))
+            self.write_metrics()
+            for i, kind in enumerate(tqdm(self.cfg.schedule, desc="iterations", disable=not self.progress)):
+                self.iteration(i, kind)
+        finally: self.release()
         return self.metrics()
 
     # --- metrics ---
