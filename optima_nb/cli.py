@@ -16,8 +16,12 @@ __all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_be
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
     "Run the generation batching benchmark, print a table, optionally write JSON."
-    from optima_nb.backends import bench_generate
-    res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens)
+    from contextlib import ExitStack
+    from optima_nb.backends import VLLMBackend, bench_generate
+    with ExitStack() as stack:
+        engines = {"vllm": stack.enter_context(VLLMBackend(args.model, dtype="float32"))} if args.backend == "vllm" else None
+        res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+                             engines=engines)
     print(f"model {res['model']}  prompts {res['n_prompts']}  max_new_tokens {res['max_new_tokens']}  threads {res['torch_threads']}")
     print(f"{'batch':>6} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
     for r in res["results"]: print(f"{r['batch_size']:>6} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tokens_per_s']:>8.2f}")
@@ -34,10 +38,11 @@ def _conversation_setup(args):
     return backend, ConversationConfig(max_turns=args.max_turns, max_message_tokens=args.max_message_tokens)
 
 def cmd_bench_rollout(args) -> dict:
-    "Run the rollout lockstep benchmark, print it, optionally write JSON."
+    "Run the rollout lockstep benchmark (HF alone, or HF vs vLLM), print it, optionally write JSON."
     from optima_nb.conversation import bench_rollout
     from optima_nb.synthetic import make_synthetic
     backend, cfg = _conversation_setup(args)
+    if args.backend == "vllm": return _bench_rollout_vllm(args, backend, cfg)
     res = bench_rollout(backend, make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
     res["model"] = str(args.model)
     print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
@@ -46,6 +51,21 @@ def cmd_bench_rollout(args) -> dict:
     if "lockstep_no_cache_s" in res:
         print(f"lockstep without the prefix cache {res['lockstep_no_cache_s']:.1f} s   the cache's speedup "
               f"{res['prefix_cache_speedup']:.2f}x   identical: {res['identical_without_cache']}")
+    if args.json: atomic_write_json(args.json, res)
+    return res
+
+def _bench_rollout_vllm(args, hf, cfg) -> dict:
+    "One-at-a-time HF vs lockstep HF vs lockstep vLLM (fp32, so greedy transcripts can be identical)."
+    from optima_nb.backends import VLLMBackend
+    from optima_nb.conversation import bench_engines
+    from optima_nb.synthetic import make_synthetic
+    with VLLMBackend(args.model, dtype="float32", seed=args.seed) as vllm:
+        res = bench_engines(hf, vllm, make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
+    res.update(model=str(args.model), engine="vllm")
+    print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
+    print(f"HF one at a time {res['hf_sequential_s']:.1f} s   HF lockstep {res['hf_lockstep_s']:.1f} s   vLLM lockstep {res['other_lockstep_s']:.1f} s")
+    print(f"speedup {res['speedup']:.2f}x (vLLM lockstep over HF one at a time), {res['speedup_over_hf_lockstep']:.2f}x over HF lockstep   "
+          f"identical transcripts: {res['identical']} ({res['turns_differing']} turns differ)")
     if args.json: atomic_write_json(args.json, res)
     return res
 
@@ -203,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-prompts", type=int, default=32)
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="vllm: also time vLLM (fp32) on the same prompts")
     r = _add_rollout_args(_bench_parser(bench, "rollout", "lockstep vs one-at-a-time two-agent rollouts", cmd_bench_rollout))
     r.add_argument("--conversations", type=int, default=32)
     r.add_argument("--difficulty", type=int, default=1)
+    r.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="vllm: HF one at a time vs HF lockstep vs vLLM lockstep")
     c = _add_rollout_args(_bench_parser(bench, "calibrate", "greedy score and pass@k of the untrained system per synthetic difficulty",
                                         cmd_bench_calibrate))
     c.add_argument("--config", type=Path, help="take the model and conversation settings (and level) from this run config")
