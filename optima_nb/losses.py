@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_losses.ipynb #54dd2954
 from __future__ import annotations
-import argparse, dataclasses, logging, os, shutil, socket, subprocess, sys
+import argparse, dataclasses, logging, os, shutil, socket, subprocess, sys, threading, time
+import psutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -24,12 +25,12 @@ from .tasks import AGENTS, Instance
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'render_chat', 'own_turn_spans', 'label_spans', 'count_tokens',
-           'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config', 'score_dpo_loss',
-           'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer', 'mixed_precision',
-           'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer', 'train_sft',
-           'preference_rows', 'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main',
-           'LauncherConfig', 'free_port', 'launch_command', 'run_training']
+__all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_chat', 'own_turn_spans', 'label_spans',
+           'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config',
+           'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer',
+           'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer',
+           'train_sft', 'preference_rows', 'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files',
+           'exit_with_driver', 'main', 'LauncherConfig', 'free_port', 'launch_command', 'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -349,6 +350,22 @@ def train_from_files(kind: Literal["sft", "dpo"], base_model: str | os.PathLike,
     train = {"sft": train_sft, "dpo": train_dpo}[kind]
     return train(base_model, read_jsonl(data_path), cfg, out_dir, init_adapter)
 
+DRIVER_PID_ENV = "OPTIMA_DRIVER_PID"
+
+def _alive(proc) -> bool:
+    try: return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error: return False
+
+def exit_with_driver(pid: int, interval_s: float = 0.5) -> None:
+    "Exit this process at once when the run process `pid` is gone, so a training child never outlives a killed run."
+    if not pid: return
+    try: driver = psutil.Process(pid)
+    except psutil.NoSuchProcess: os._exit(3)
+    def watch():
+        while _alive(driver): time.sleep(interval_s)
+        os._exit(3)   # hard: the run was killed, its stage folder will be redone on resume
+    threading.Thread(target=watch, daemon=True, name="optima-driver-watch").start()
+
 def main(argv: Sequence[str] | None = None) -> Path:
     "Command line: `python -m optima_nb.losses {sft,dpo} --model M --data D --out O [--config C] [--init-adapter A]`."
     p = argparse.ArgumentParser(prog="python -m optima_nb.losses", description="Train one SFT or DPO stage from files.")
@@ -359,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--config", help="TrainConfig YAML")
     p.add_argument("--init-adapter", help="PEFT adapter to start from")
     a = p.parse_args(argv)
+    exit_with_driver(int(os.environ.get(DRIVER_PID_ENV) or 0))
     out = train_from_files(a.kind, a.model, a.data, a.out, a.config, a.init_adapter)
     state = PartialState()
     if state.is_main_process:
@@ -409,7 +427,7 @@ def run_training(kind: Literal["sft", "dpo"], model, rows: Sequence[dict], cfg: 
     inputs.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(inputs / "data.jsonl", rows); save_config(cfg, inputs / "train.yaml")
     cmd = launch_command(launcher, kind, model, inputs / "data.jsonl", out, inputs / "train.yaml", init_adapter)
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", DRIVER_PID_ENV: str(os.getpid())}
     if launcher.kind == "accelerate" and not torch.cuda.is_available():   # CPU processes share the cores
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, launcher.num_processes))))
     with open(inputs / "train.log", "w") as log_file:
