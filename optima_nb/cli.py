@@ -152,11 +152,14 @@ def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
 def cmd_eval(args) -> dict:
     "Evaluate a checkpoint on a config's held-out split."
     from optima_nb.evaluation import evaluate_checkpoint
-    from optima_nb.training import load_run_config, load_splits
+    from optima_nb.training import load_run_config, load_splits, make_backend, release_backend
     cfg = load_run_config(args.config)
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
-    summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
-                                  n_samples=args.samples, temperature=args.temperature, progress=not args.quiet)
+    backend = make_backend(cfg.model, model, adapter)   # the config's backend, device and dtype (vLLM, bf16 on a GPU, ...)
+    try:
+        summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
+                                      n_samples=args.samples, temperature=args.temperature, progress=not args.quiet, backend=backend)
+    finally: release_backend(backend)
     print(f"score {summary['score']:.3f}  tokens {summary['tokens']:.1f}  n {summary['n']}  answered {summary['n_answered']}  -> {args.out}")
     return summary
 

@@ -29,8 +29,9 @@ __all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_
            'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config',
            'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer',
            'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer',
-           'train_sft', 'preference_rows', 'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files',
-           'exit_with_driver', 'main', 'LauncherConfig', 'free_port', 'launch_command', 'run_training']
+           'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset', 'build_dpo_trainer',
+           'train_dpo', 'train_from_files', 'exit_with_driver', 'main', 'LauncherConfig', 'free_port', 'launch_command',
+           'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -272,6 +273,7 @@ def save_trained(trainer, tmp: Path, out_dir: Path) -> Path:
     if trainer.accelerator.is_main_process:
         if out_dir.exists(): shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+        shutil.rmtree(data_folder(tmp), ignore_errors=True)   # disk-backed rows of a full-fine-tuning DPO stage
     trainer.accelerator.wait_for_everyone()
     return out_dir
 
@@ -312,6 +314,21 @@ def check_scores(pairs: Sequence[dict]) -> None:
         missing = [c for c in SCORE_COLUMNS if p.get(c) is None]
         if missing: raise ValueError(f"pair {i} has no {missing[0]}: loss='score' needs chosen_score and rejected_score")
 
+def data_folder(output_dir) -> Path:
+    "Where a stage's disk-backed training rows live: beside its output folder."
+    return Path(output_dir).with_name(Path(output_dir).name + ".data")
+
+def shared_dataset(rows: Sequence[dict], folder: Path) -> Dataset:
+    "`rows` as a disk-backed Dataset in `folder`, written once by the main process, so all processes share its cache files."
+    # TRL's precomputed reference log-probs are cached next to the dataset's files; an in-memory dataset puts that
+    # cache in a per-process temp folder, which the other processes of `accelerate launch` cannot open.
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+            Dataset.from_list(list(rows)).save_to_disk(str(folder))
+    return Dataset.load_from_disk(str(folder))
+
 def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict], cfg: TrainConfig, output_dir: Path,
                       init_adapter: str | os.PathLike | None = None) -> DPOTrainer:
     "A `DPOTrainer` (sigmoid / RPO) or `ScoreDPOTrainer` (score) over preference pairs."
@@ -329,7 +346,8 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
         rpo = cfg.loss == "rpo"
         args = DPOConfig(**common, loss_type=["sigmoid", "sft"] if rpo else ["sigmoid"], loss_weights=[1.0, cfg.rpo_alpha] if rpo else None)
         trainer_cls = DPOTrainer
-    trainer = trainer_cls(model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+    dataset = shared_dataset(rows, data_folder(output_dir)) if args.precompute_ref_log_probs else Dataset.from_list(rows)
+    trainer = trainer_cls(model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok,
                           peft_config=peft_config)
     kept = len(trainer.train_dataset)
     if kept == 0: raise ValueError(f"TRL dropped all {len(rows)} pairs (prompt alone >= max_length={cfg.max_length}): raise max_length")
