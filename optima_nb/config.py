@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #0345c19f
 from __future__ import annotations
-import dataclasses, json, os, tempfile, types, typing
+import dataclasses, json, os, re, tempfile, types, typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, get_args, get_origin, get_type_hints
 import yaml
@@ -124,6 +124,8 @@ def _coerce(tp, value, where: str):
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
+    if tp is float and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)   # YAML 1.1 reads `1e-4` (no dot) as a string
     if tp is Path and isinstance(value, str): return Path(value)
     if isinstance(tp, type) and not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
