@@ -203,6 +203,8 @@ def cmd_scoreflow(args):
     cfg = load_scoreflow_config(args.config)
     baselines = _baseline_config(args)
     check_scoreflow_inputs(cfg, args.config, args.out)
+    from optima_nb.training import RunDir
+    held = RunDir(args.out).lock()      # held until we return: the baselines (and the ablation's runs) write into it too
     if args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
     else:
         result = run_scoreflow(cfg, args.out, progress=not args.quiet)
@@ -215,6 +217,7 @@ def cmd_scoreflow(args):
             run_dir = args.out / "score-dpo"
         run_workflow_baselines(run_cfg, run_dir, baselines=baselines, progress=not args.quiet)
         for split in baselines.splits: print(f"{split} split\n{scoreflow_table(run_dir, split)}")
+    held.unlock()
     return result
 
 # %% ../nbs/90_cli.ipynb #845d2014
