@@ -352,7 +352,7 @@ class OpenAICompatibleServer:
         self.max_tokens_limit = max_tokens_limit or _context_length(backend)
         self.max_body_bytes, self.generation_timeout_s, self.max_pending, self.pending = max_body_bytes, generation_timeout_s, max_pending, 0
         self.batcher = BatchingQueue(backend, max_wait_s=max_wait_s)
-        self._lock = threading.Lock()
+        self._lock, self._encode_lock = threading.Lock(), threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -421,7 +421,9 @@ class OpenAICompatibleServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"): return self._error(404, f"no route {self.path}")
                 body = self._read_body()
                 if body is None: return
-                try: messages, params = parse_chat_request(body, server.max_tokens_limit)
+                try:
+                    messages, params = parse_chat_request(body, server.max_tokens_limit)
+                    server.check_context(messages, params)
                 except ValueError as e: return self._error(400, f"bad request: {e}")
                 with server._lock:
                     busy = server.pending >= server.max_pending
@@ -444,6 +446,14 @@ class OpenAICompatibleServer:
         self._thread.start()
         self._timer = threading.Timer(lifetime_s, self.close) if lifetime_s else None
         if self._timer: self._timer.daemon = True; self._timer.start()
+
+    def check_context(self, messages: list[dict], params: GenerationParams):
+        "Refuse (`BadRequest`) a prompt whose tokens plus `max_tokens` exceed the context, where the backend can count them."
+        encode = getattr(self.batcher.backend, "encode", None)
+        if encode is None: return
+        with self._encode_lock: n = len(encode(messages))     # one tokenizer, many handler threads
+        if n + params.max_new_tokens > self.max_tokens_limit:
+            raise BadRequest(f"the prompt ({n} tokens) plus 'max_tokens' ({params.max_new_tokens}) exceeds the context of {self.max_tokens_limit} tokens")
 
     def close(self):
         "Stop serving (idempotent)."

@@ -86,3 +86,11 @@ def test_protocol_errors_get_status_codes(backend):
         assert _raw(server, b"POST /v1/chat", pause=1.0).startswith(b"HTTP/1.0 408")
         assert post(server, raw=b"{not json")[0] == 400
         assert post(server, {"messages": MSGS, "max_tokens": 1})[0] == 200     # still serving
+
+
+def test_prompt_plus_max_tokens_above_the_context_is_refused(backend):
+    with OpenAICompatibleServer(backend) as server:
+        n_prompt = len(backend.encode(MSGS))
+        status, body = post(server, {"messages": MSGS, "max_tokens": server.max_tokens_limit - n_prompt + 1})
+        assert status == 400 and "exceeds the context" in body["error"]["message"], body
+        assert post(server, {"messages": MSGS, "max_tokens": 1})[0] == 200
