@@ -18,8 +18,8 @@ from .models import DEFAULT_MODEL, load_model, resolve_model_path
 # %% auto #0
 __all__ = ['Messages', 'BENCH_TOPICS', 'GenerationParams', 'Completion', 'Backend', 'cut_at_stop', 'plan_micro_batches',
            'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'vllm_engine_args',
-           'vllm_token_count', 'VLLMBackend', 'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend',
-           'bench_prompts', 'bench_generate']
+           'vllm_token_count', 'VLLMBackend', 'BatchingQueue', 'BadRequest', 'parse_chat_request',
+           'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts', 'bench_generate']
 
 # %% ../nbs/02_backends.ipynb #4c8df563
 Messages = list[dict]
@@ -316,18 +316,26 @@ class BatchingQueue:
             items = [it for it in items if it[2].set_running_or_notify_cancel()]  # a caller that gave up is skipped
             groups: dict[str, list] = {}
             for it in items: groups.setdefault(json.dumps(dataclasses.asdict(it[1]), sort_keys=True), []).append(it)
-            for group in groups.values():
-                try:
-                    outs = self.backend.generate([m for m, _, _ in group], group[0][1])
-                    for (_, _, fut), out in zip(group, outs): fut.set_result(out)
-                except Exception as e:
-                    for _, _, fut in group: fut.set_exception(e)
+            for group in groups.values(): self._run(group)
+
+    def _run(self, group: list):
+        "Generate one group; if the batch fails, retry its requests one by one so one bad request fails alone."
+        try:
+            outs = self.backend.generate([m for m, _, _ in group], group[0][1])
+            if len(outs) != len(group): raise RuntimeError(f"backend returned {len(outs)} results for {len(group)} requests")
+        except Exception as e:
+            if len(group) == 1: group[0][2].set_exception(e); return
+            for item in group: self._run([item])
+            return
+        for (_, _, fut), out in zip(group, outs): fut.set_result(out)
 
     def close(self):
         "Stop the worker thread."
         self._closed.set(); self._worker.join(timeout=5)
 
 # %% ../nbs/02_backends.ipynb #eb941320
+from concurrent.futures import TimeoutError as FutureTimeout
+
 def _completion_response(model: str, completions: list[Completion]) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -335,16 +343,62 @@ def _completion_response(model: str, completions: list[Completion]) -> dict:
             "usage": {"prompt_tokens": 0, "completion_tokens": sum(c.n_tokens for c in completions),
                       "total_tokens": sum(c.n_tokens for c in completions)}}
 
+class BadRequest(ValueError):
+    "A chat-completion request the server refuses with 400; the message names the field."
+
+def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool = False):
+    "Field `key` of a request body, checked to be a number (an int with `integer`) in [lo, hi]."
+    v = body.get(key, default)
+    if v is None: v = default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kinds): raise BadRequest(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if not lo <= v <= hi: raise BadRequest(f"'{key}' must be in [{lo}, {hi}], got {v!r}")
+    return v
+
+def parse_chat_request(body, max_tokens_limit: int, default_max_tokens: int = 256, max_n: int = 16) -> tuple[list[dict], GenerationParams]:
+    "Messages and params of an OpenAI chat-completion body, every field checked (`BadRequest` names the first bad one)."
+    if not isinstance(body, dict): raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+    if body.get("stream"): raise BadRequest("'stream' is not supported")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs: raise BadRequest("'messages' must be a non-empty list")
+    messages = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict): raise BadRequest(f"messages[{i}] must be an object")
+        if m.get("role") not in ("system", "user", "assistant"): raise BadRequest(f"messages[{i}].role must be system, user or assistant")
+        if not isinstance(m.get("content"), str): raise BadRequest(f"messages[{i}].content must be a string")
+        messages.append({"role": m["role"], "content": m["content"]})
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a string or a list of at most 4 non-empty strings")
+    params = GenerationParams(n=_number(body, "n", 1, 1, max_n, integer=True), temperature=_number(body, "temperature", 1.0, 0, 2),
+                              top_p=_number(body, "top_p", 1.0, 1e-9, 1), stop=stop, seed=_number(body, "seed", 0, 0, 2**32 - 1, integer=True),
+                              max_new_tokens=_number(body, "max_tokens", min(default_max_tokens, max_tokens_limit), 1, max_tokens_limit, integer=True))
+    return messages, params
+
+def _context_length(backend) -> int:
+    "The model's context length where the backend exposes it (HF config), else 4096."
+    cfg = getattr(getattr(backend, "model", None), "config", None)
+    return int(getattr(cfg, "max_position_embeddings", None) or 4096)
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024          # listen backlog: bursts of connections wait instead of being reset
+    daemon_threads = True
+
 class OpenAICompatibleServer:
     "A real HTTP server on `host` that answers OpenAI chat-completion requests from a `Backend`, batching concurrent ones."
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, model_name: str = "optima-local",
-                 fail_first: int = 0, lifetime_s: float | None = 600.0, max_wait_s: float = 0.01):
+                 fail_first: int = 0, lifetime_s: float | None = 600.0, max_wait_s: float = 0.01, max_tokens_limit: int | None = None,
+                 max_body_bytes: int = 4 << 20, read_timeout_s: float = 30.0, generation_timeout_s: float = 600.0, max_pending: int = 512):
         self.model_name, self.requests_seen, self._fail_left = model_name, 0, fail_first
+        self.max_tokens_limit = max_tokens_limit or _context_length(backend)
+        self.max_body_bytes, self.generation_timeout_s, self.max_pending, self.pending = max_body_bytes, generation_timeout_s, max_pending, 0
         self.batcher = BatchingQueue(backend, max_wait_s=max_wait_s)
-        self._lock = threading.Lock()
+        self._lock, self._encode_lock = threading.Lock(), threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = read_timeout_s    # a client that stops sending gets 408 instead of holding a thread forever
             def log_message(self, *args): pass
             def _send(self, code: int, body: dict, headers: dict | None = None):
                 data = json.dumps(body).encode()
@@ -352,38 +406,96 @@ class OpenAICompatibleServer:
                 self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items(): self.send_header(k, v)
                 self.end_headers(); self.wfile.write(data)
+            def _error(self, code: int, msg: str, headers: dict | None = None):
+                self._send(code, {"error": {"message": msg, "code": code}}, headers)
+                if code in (400, 411, 413): self._drain()
+            def _drain(self):
+                "Read what the client already sent (up to 1 MiB), so closing does not reset the connection before it reads the answer."
+                try:
+                    self.connection.settimeout(0.2)
+                    for _ in range(16):
+                        if not self.connection.recv(1 << 16): break
+                except OSError: pass
+            def _raw_error(self, code: int, msg: str):
+                "An error answer written directly (also before a request line was parsed); the connection then closes."
+                self.close_connection = True
+                data = json.dumps({"error": {"message": msg, "code": code}}).encode()
+                reason = {408: "Request Timeout", 500: "Internal Server Error"}.get(code, "Error")
+                try: self.wfile.write(f"HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                                      f"Connection: close\r\n\r\n".encode() + data)
+                except OSError: pass
+            def handle_one_request(self):
+                "BaseHTTPRequestHandler's loop step, answering a slow client with 408 and an unexpected error with 500."
+                try:
+                    self.raw_requestline = self.rfile.readline(65537)
+                    if not self.raw_requestline: self.close_connection = True; return
+                    if len(self.raw_requestline) > 65536:
+                        self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
+                        return self.send_error(414)
+                    if not self.parse_request(): return
+                    method = getattr(self, "do_" + self.command, None)
+                    if method is None: return self.send_error(501, f"unsupported method {self.command!r}")
+                    method(); self.wfile.flush()
+                except TimeoutError: self._raw_error(408, f"request not received within {self.timeout} s")
+                except Exception as e: self._raw_error(500, f"internal error: {type(e).__name__}")
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
                     return self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
-                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                self._error(404, f"no route {self.path}")
+            def _read_body(self):
+                "The parsed JSON body, or None after an error response was sent."
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or self.headers.get("Content-Length") is None:
+                    return self._error(411, "Content-Length is required")
+                try: length = int(self.headers["Content-Length"])
+                except ValueError: return self._error(400, "Content-Length must be an integer")
+                if length < 0: return self._error(400, "Content-Length must be >= 0")
+                if length > server.max_body_bytes: return self._error(413, f"body of {length} bytes exceeds {server.max_body_bytes}")
+                raw = self.rfile.read(length)     # a TimeoutError here becomes 408 in handle_one_request
+                if len(raw) < length: return self._error(400, "body shorter than Content-Length")
+                try: return json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as e: return self._error(400, f"body is not valid JSON ({e})")
             def do_POST(self):
                 with server._lock:
                     server.requests_seen += 1
                     fail = server._fail_left > 0
                     server._fail_left -= fail
-                if fail: return self._send(503, {"error": {"message": "injected failure"}}, {"retry-after-ms": "10"})
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                if fail: return self._error(503, "injected failure", {"retry-after-ms": "10"})
+                if not self.path.rstrip("/").endswith("/chat/completions"): return self._error(404, f"no route {self.path}")
+                body = self._read_body()
+                if body is None: return
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                    stop = body.get("stop") or []
-                    params = GenerationParams(n=body.get("n") or 1, temperature=body.get("temperature", 1.0),
-                                              top_p=body.get("top_p", 1.0), max_new_tokens=body.get("max_tokens") or 256,
-                                              stop=[stop] if isinstance(stop, str) else list(stop), seed=body.get("seed") or 0)
-                    messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-                except (ValueError, KeyError, TypeError) as e:
-                    return self._send(400, {"error": {"message": f"bad request: {e}"}})
-                try: completions = server.batcher.submit(messages, params).result()
-                except Exception as e: return self._send(500, {"error": {"message": str(e)}})
+                    messages, params = parse_chat_request(body, server.max_tokens_limit)
+                    server.check_context(messages, params)
+                except ValueError as e: return self._error(400, f"bad request: {e}")
+                with server._lock:
+                    busy = server.pending >= server.max_pending
+                    server.pending += not busy
+                if busy: return self._error(503, f"overloaded: {server.max_pending} requests pending", {"Retry-After": "1"})
+                try:
+                    fut = server.batcher.submit(messages, params)
+                    try: completions = fut.result(timeout=server.generation_timeout_s)
+                    except FutureTimeout:
+                        fut.cancel()
+                        return self._error(504, f"generation did not finish within {server.generation_timeout_s} s")
+                    except Exception as e: return self._error(500, f"generation failed: {e}")
+                finally:
+                    with server._lock: server.pending -= 1
                 self._send(200, _completion_response(server.model_name, completions))
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), Handler)
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="optima-openai-server")
         self._thread.start()
         self._timer = threading.Timer(lifetime_s, self.close) if lifetime_s else None
         if self._timer: self._timer.daemon = True; self._timer.start()
+
+    def check_context(self, messages: list[dict], params: GenerationParams):
+        "Refuse (`BadRequest`) a prompt whose tokens plus `max_tokens` exceed the context, where the backend can count them."
+        encode = getattr(self.batcher.backend, "encode", None)
+        if encode is None: return
+        with self._encode_lock: n = len(encode(messages))     # one tokenizer, many handler threads
+        if n + params.max_new_tokens > self.max_tokens_limit:
+            raise BadRequest(f"the prompt ({n} tokens) plus 'max_tokens' ({params.max_new_tokens}) exceeds the context of {self.max_tokens_limit} tokens")
 
     def close(self):
         "Stop serving (idempotent)."

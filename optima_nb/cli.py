@@ -10,8 +10,46 @@ from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run',
-           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+__all__ = ['check_out', 'check_model', 'check_run_inputs', 'check_scoreflow_inputs', 'cmd_bench_generate', 'cmd_bench_rollout',
+           'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run', 'cmd_report',
+           'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+
+# %% ../nbs/90_cli.ipynb #5da1ea9f
+def check_out(out: Path, flag: str = "--out"):
+    "Refuse an output folder that is an existing file."
+    from optima_nb.config import ConfigError
+    if out.exists() and not out.is_dir(): raise ConfigError(f"{out}: {flag} is a file, not a folder")
+
+def check_model(name: str, where: str, backend: str = "hf"):
+    "Refuse a model that is not an embedded name, a .gguf file or an HF folder (`where`: file.key for the message); nothing is loaded."
+    from optima_nb.config import ConfigError
+    from optima_nb.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_gguf_path, resolve_model_path
+    path = Path(name).expanduser()
+    if backend != "hf" and not (path.exists() or name.startswith(("/", ".", "~"))): return   # vllm may serve a hub id
+    try:
+        if name in EMBEDDED_MODELS: embedded_gguf_path(name)
+        elif not (path.is_file() and path.suffix == ".gguf"): resolve_model_path(name)
+    except ModelNotFoundError as e: raise ConfigError(f"{where}: {e}") from None
+
+def check_run_inputs(cfg, config_path: Path, out: Path | None = None):
+    "Check an Optima run's `--out`, model and task data before its run directory exists."
+    from optima_nb.config import ConfigError
+    from optima_nb.training import load_splits
+    if out is not None: check_out(out)
+    check_model(cfg.model.name, f"{config_path}.model.name", cfg.model.backend)
+    try: load_splits(cfg.task)
+    except FileNotFoundError as e: raise ConfigError(f"{config_path}.task.path: {e}") from None
+    except ConfigError as e: raise ConfigError(f"{config_path}: {e}") from None
+
+def check_scoreflow_inputs(cfg, config_path: Path, out: Path | None = None):
+    "Check a ScoreFlow run's `--out`, generator and executor models and validation data before its run directory exists."
+    from optima_nb.config import ConfigError
+    from optima_nb.scoreflow import load_split
+    if out is not None: check_out(out)
+    check_model(cfg.generator.model, f"{config_path}.generator.model", cfg.generator.backend)
+    if cfg.executor.kind == "hf": check_model(cfg.executor.model, f"{config_path}.executor.model")
+    try: load_split(cfg, "validate")
+    except FileNotFoundError as e: raise ConfigError(f"{config_path}.data_path: {e}") from None
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
@@ -119,6 +157,7 @@ def cmd_run(args) -> list[dict]:
     from optima_nb.report import analyse_run
     from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
     cfg = load_run_config(args.config, args.set)
+    check_run_inputs(cfg, args.config, args.out)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
     run.run()
     analyse_run(run)
@@ -154,6 +193,7 @@ def cmd_eval(args) -> dict:
     from optima_nb.evaluation import evaluate_checkpoint
     from optima_nb.training import load_run_config, load_splits, make_backend, release_backend
     cfg = load_run_config(args.config)
+    check_run_inputs(cfg, args.config, args.out)
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
     backend = make_backend(cfg.model, model, adapter)   # the config's backend, device and dtype (vLLM, bf16 on a GPU, ...)
     try:
@@ -185,6 +225,9 @@ def cmd_scoreflow(args):
     from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, load_scoreflow_config, run_scoreflow
     cfg = load_scoreflow_config(args.config)
     baselines = _baseline_config(args)
+    check_scoreflow_inputs(cfg, args.config, args.out)
+    from optima_nb.training import RunDir
+    held = RunDir(args.out).lock()      # held until we return: the baselines (and the ablation's runs) write into it too
     if args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
     else:
         result = run_scoreflow(cfg, args.out, progress=not args.quiet)
@@ -197,6 +240,7 @@ def cmd_scoreflow(args):
             run_dir = args.out / "score-dpo"
         run_workflow_baselines(run_cfg, run_dir, baselines=baselines, progress=not args.quiet)
         for split in baselines.splits: print(f"{split} split\n{scoreflow_table(run_dir, split)}")
+    held.unlock()
     return result
 
 # %% ../nbs/90_cli.ipynb #845d2014

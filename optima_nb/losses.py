@@ -116,8 +116,13 @@ class TrainConfig:
     logging_steps: int = 10
 
     def __post_init__(self):
-        if not 0 <= self.warmup_ratio < 1: raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1: raise ValueError("pairs_per_epoch must be >= 1 or None")
+        from optima_nb.config import FieldError, check_bounds
+        if not 0 <= self.warmup_ratio < 1: raise FieldError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1: raise FieldError("pairs_per_epoch", "must be >= 1 or null")
+        if self.max_steps == 0 or self.max_steps < -1: raise FieldError("max_steps", f"must be > 0, or -1 to train num_epochs, got {self.max_steps}")
+        check_bounds(self, lora_r=">= 1", lora_alpha="> 0", lora_dropout=">= 0, < 1", learning_rate="> 0", num_epochs="> 0",
+                     per_device_batch_size=">= 1", grad_accum=">= 1", max_length=">= 1", beta="> 0", rpo_alpha=">= 0",
+                     score_d_power=">= 0", logging_steps=">= 1")
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
     "The PEFT LoRA config of `cfg`."
@@ -415,6 +420,10 @@ class LauncherConfig:
     accelerate_config: Optional[str] = None  # accelerate: a config file (DeepSpeed, FSDP, multi-node); replaces the flags below
     main_process_port: Optional[int] = None  # accelerate: None picks a free port
     extra_args: list[str] = field(default_factory=list)   # more `accelerate launch` flags
+
+    def __post_init__(self):
+        from optima_nb.config import check_bounds
+        check_bounds(self, num_processes=">= 1", main_process_port="> 0, < 65536")
 
 def free_port() -> int:
     "A TCP port on localhost that is free now."

@@ -44,6 +44,11 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.85  # vllm only
     max_lora_rank: int = 64             # vllm only
 
+    def __post_init__(self):
+        from optima_nb.config import check_bounds
+        check_bounds(self, temperature=">= 0", top_p="> 0, <= 1", max_new_tokens=">= 1", max_batch_size=">= 1",
+                     gpu_memory_utilization="> 0, <= 1", max_lora_rank=">= 1")
+
 @dataclass
 class ExecutorConfig:
     "The executor LLM behind the operators: a local model ('hf') or an OpenAI-compatible endpoint ('openai')."
@@ -62,7 +67,10 @@ class ExecutorConfig:
     max_wait_s: float = 0.05            # how long the queue waits for more calls before generating
 
     def __post_init__(self):
+        from optima_nb.config import check_bounds
         if self.kind == "openai" and not self.base_url: raise ValueError("executor.base_url is required when kind is 'openai'")
+        check_bounds(self, concurrency=">= 1", max_batch_size=">= 1", max_batch_tokens=">= 1", temperature=">= 0", max_tokens=">= 1",
+                     programmer_attempts=">= 1", test_rounds=">= 0", max_batch=">= 1", max_wait_s=">= 0")
 
 @dataclass
 class SandboxConfig:
@@ -76,8 +84,13 @@ class SandboxConfig:
     max_output_chars: int = 4000        # outputs kept in the records
 
     def __post_init__(self):
+        from optima_nb.config import FieldError, check_bounds
         missing = [k for k in ("math", "qa", "code") if k not in self.wall_s]
         if missing: raise ValueError(f"sandbox.wall_s needs a limit for '{missing[0]}' (math, qa and code)")
+        bad = [k for k, v in self.wall_s.items() if v <= 0]
+        if bad: raise FieldError(f"wall_s.{bad[0]}", f"must be > 0, got {self.wall_s[bad[0]]}")
+        check_bounds(self, code_wall_s="> 0", memory_mb=">= 1", cpu_s=">= 1", max_operator_calls=">= 1", max_concurrency=">= 1",
+                     max_output_chars=">= 1")
 
 def paper_train_config(**overrides) -> TrainConfig:
     "The paper's Score-DPO settings (LoRA r=8, alpha=16 on q/v, dropout 0.01, beta 0.1, lr 1e-6, batch 1, one pass)."
@@ -112,13 +125,9 @@ class ScoreFlowConfig:
         if unknown: raise ValueError(f"benchmarks: unknown benchmark '{unknown[0]}' (known: {', '.join(BENCHMARK_KINDS)})")
         if not self.benchmarks or len(set(self.benchmarks)) != len(self.benchmarks):
             raise ValueError("benchmarks must list at least one benchmark, each once")
-        for name in ("k", "executions", "iterations"):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_validate", "n_test", "pairs_per_iteration"):
-            if getattr(self, name) is not None and getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1 or null")
-        if self.max_resamples < 0: raise ValueError(f"max_resamples must be >= 0, got {self.max_resamples}")
-        if self.warm_start_seeds is not None and self.warm_start_seeds < 1:
-            raise ValueError(f"warm_start_seeds must be >= 1 or null, got {self.warm_start_seeds}")
+        from optima_nb.config import check_bounds
+        check_bounds(self, k=">= 1", executions=">= 1", iterations=">= 1", n_validate=">= 1", n_test=">= 1", pairs_per_iteration=">= 1",
+                     max_resamples=">= 0", warm_start_seeds=">= 1")
         if self.train.pairs_per_epoch is not None:
             raise ValueError("train.pairs_per_epoch is set from pairs_per_iteration: leave it out of the train section")
 
@@ -132,10 +141,15 @@ def load_split(cfg: ScoreFlowConfig, split: Literal["validate", "test"]) -> tupl
     limit = cfg.n_validate if split == "validate" else cfg.n_test
     problems, missing = [], {}
     for name in cfg.benchmarks:
-        try: problems += load_aflow(name, cfg.data_path, split, limit)
+        try: found = load_aflow(name, cfg.data_path, split, limit)
         except FileNotFoundError as e:
             if split == "validate": raise
-            missing[name] = str(e)
+            missing[name] = str(e); continue
+        if not found and split == "validate":
+            from optima_nb.config import DataError
+            from optima_nb.workflows import aflow_file
+            raise DataError(f"{aflow_file(name, split, cfg.data_path)}: the validation file holds no problems; ScoreFlow trains on them")
+        problems += found
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids): raise ValueError(f"duplicate problem ids across benchmarks: {sorted({i for i in ids if ids.count(i) > 1})[:3]}")
     return problems, missing

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
-from .config import (ConfigError, atomic_write_json, atomic_write_jsonl, atomic_write_text, from_dict,
-                              load_config, read_jsonl, save_config, to_dict)
+from .config import (ConfigError, FieldError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_bounds,
+                              config_diff, from_dict, load_config, read_config_yaml, read_jsonl, save_config, to_dict)
 from .conversation import ConversationConfig, make_conversations, play
 from .mcts import MCTSConfig
 from .losses import LauncherConfig, TrainConfig, run_training
@@ -21,10 +21,10 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
-           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir',
-           'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend', 'backend_for', 'checkpoint_of',
-           'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows',
-           'format_report', 'tiny_run_config']
+           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunLockedError',
+           'RunDir', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend', 'backend_for',
+           'checkpoint_of', 'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun',
+           'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -36,6 +36,11 @@ class TaskConfig:
     n_train: int = 32
     n_eval: int = 24
     seed: int = 0
+
+    def __post_init__(self):
+        if self.name not in TASK_SPECS: raise FieldError("name", f"unknown task {self.name!r} (known: {', '.join(TASK_SPECS)})")
+        if self.name != "synthetic" and self.path is None: raise FieldError("path", f"task {self.name!r} reads a data file; set task.path")
+        check_bounds(self, difficulty=">= 0", n_train=">= 1", n_eval=">= 1")
 
 @dataclass
 class ModelConfig:
@@ -53,6 +58,11 @@ class ModelConfig:
     enable_prefix_caching: bool = True     # vllm
     tensor_parallel_size: int = 1          # vllm
 
+    def __post_init__(self):
+        if not self.name.strip(): raise FieldError("name", "must name a model (embedded name, HF folder or .gguf file)")
+        check_bounds(self, max_batch_size=">= 1", prefix_cache_tokens=">= 0", gpu_memory_utilization="> 0, <= 1", tensor_parallel_size=">= 1",
+                     max_model_len=">= 1", max_lora_rank=">= 1")
+
 @dataclass
 class SamplingConfig:
     "How iSFT samples trajectories."
@@ -61,17 +71,23 @@ class SamplingConfig:
     temperature: float = 0.7          # later iterations (base prompt)
     init_variants: Literal["random", "base"] = "random"
 
+    def __post_init__(self): check_bounds(self, n_samples=">= 1", init_temperature=">= 0", temperature=">= 0")
+
 @dataclass
 class SelectionConfig:
     "Which iSFT trajectories are trained on."
     top_fraction: float = 0.7
     epsilon: float = 0.5
 
+    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1")   # epsilon is a reward floor: any value
+
 @dataclass
 class EvalConfig:
     "How each checkpoint is evaluated on the held-out split."
     n_samples: int = 1
     temperature: float = 0.0
+
+    def __post_init__(self): check_bounds(self, n_samples=">= 1", temperature=">= 0")
 
 @dataclass
 class AnalysisConfig:
@@ -82,6 +98,9 @@ class AnalysisConfig:
     sc_samples: int = 4
     scaling_samples: int = 8
     scaling_temperature: float = 0.5
+
+    def __post_init__(self):
+        check_bounds(self, baseline_max_new_tokens=">= 1", sc_samples=">= 1", scaling_samples=">= 1", scaling_temperature=">= 0")
 
 @dataclass
 class RunConfig:
@@ -103,6 +122,13 @@ class RunConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)   # where the training stages run
 
+    def __post_init__(self):
+        "Ranges of the sections defined in other modules, checked here so each error names its key path."
+        if not self.schedule: raise FieldError("schedule", "must list at least one iteration (sft or dpo)")
+        check_bounds(self.conversation, "conversation.", max_turns=">= 1", max_message_tokens=">= 1", temperature=">= 0", top_p="> 0, <= 1")
+        check_bounds(self.reward, "reward.", lambda_token=">= 0", lambda_loss=">= 0", percentile="> 0, <= 100", min_total_tokens=">= 0")
+        check_bounds(self.mcts, "mcts.", temperature=">= 0", diversity_threshold=">= 0, <= 1", merge_threshold=">= 0, <= 1")
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
     import yaml
@@ -113,17 +139,13 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict): raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try: node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e: raise ConfigError(f"--set {item!r}: {key}: the value is not valid YAML ({e.problem or e}); quote it, e.g. {key}='\"...\"'") from None
     return data
 
 def load_run_config(path, overrides: Sequence[str] = ()) -> RunConfig:
     "Read a run config from YAML with optional `key=value` overrides (errors name the file and key)."
-    import yaml
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"{path}: config file not found")
-    try: data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    return from_dict(RunConfig, apply_overrides(data, overrides), str(path))
+    return from_dict(RunConfig, apply_overrides(read_config_yaml(path), overrides), str(path))
 
 def schedule_for(mode: Literal["isft", "idpo", "isft-dpo"], iterations: int) -> list[str]:
     "The paper's training modes as iteration schedules."
@@ -161,21 +183,49 @@ def _fsync_dir(path: Path) -> None:
     try: os.fsync(fd)
     finally: os.close(fd)
 
+class RunLockedError(ConfigError):
+    "Another process is running in this run directory."
+
 class RunDir:
-    "A run directory of atomically completed stages."
-    def __init__(self, root): self.root = Path(root)
+    "A run directory of atomically completed stages, locked by one process at a time."
+    def __init__(self, root): self.root, self._lock = Path(root), None
+
+    def lock(self) -> "RunDir":
+        "Take the run directory's lock (`.lock`, held until the process exits); a second process is refused."
+        from filelock import FileLock, Timeout
+        if self.root.exists() and not self.root.is_dir(): raise ConfigError(f"{self.root}: is a file, not a run directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / ".lock", is_singleton=True, thread_local=False)   # one lock object per path: re-entrant in-process
+        try: lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(f"{self.root}: another optima process is running in this run directory "
+                                 f"(it holds {self.root / '.lock'}); wait for it to finish or use a new --out") from None
+        self._lock = lock
+        return self
+
+    def unlock(self):
+        "Release the lock (it is also released when this object is collected or the process exits)."
+        if self._lock is not None: self._lock.release(); self._lock = None
+
+    def clean_stale(self) -> list[Path]:
+        "Remove `.tmp` stage folders a killed or refused run left behind (only under the lock)."
+        stale = sorted(p for p in self.root.glob("iter_*/**/*.tmp") if p.is_dir())
+        for p in stale: shutil.rmtree(p, ignore_errors=True)
+        return stale
 
     def open(self, cfg) -> "RunDir":
-        "Create the run directory with a config snapshot, or check the snapshot when resuming."
-        self.root.mkdir(parents=True, exist_ok=True)
+        "Lock the run directory, create it with a config snapshot (or check the snapshot when resuming) and clean stale stages."
+        self.lock()
         snap = self.root / "config.yaml"
         if snap.exists():
             import yaml
             old, new = yaml.safe_load(snap.read_text(encoding="utf-8")), to_dict(cfg)
-            if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ConfigError(f"{snap}: this run directory was started with a different config (sections {', '.join(diff)} differ); use a new --out")
+            diff = config_diff(old, new)
+            if diff:
+                raise ConfigError(f"{snap}: this run directory was started with a different config ({', '.join(diff[:5])}"
+                                  f"{' ...' if len(diff) > 5 else ''} differ); use a new --out")
         else: save_config(cfg, snap)
+        self.clean_stale()
         return self
 
     def path(self, iteration, stage: str) -> Path:
