@@ -312,8 +312,8 @@ def seccomp_program(pid: int) -> list[tuple[int, int, int, int]]:
 
 def _seccomp(pid: int) -> list[str]:
     "Install `seccomp_program` (needs no_new_privs, set before); [] where the machine is not x86_64."
-    import ctypes, platform, struct
-    if platform.machine() != "x86_64": return []
+    import ctypes, struct
+    if os.uname().machine != "x86_64": return []
     prog = seccomp_program(pid)
     filters = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
     fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxP", len(prog), ctypes.addressof(filters)))
@@ -334,7 +334,7 @@ def _die_with_parent(parent_pid: int) -> list[str]:
     return ["parent-death-signal"] if ok else []
 
 def _confine(limits: SandboxLimits, uid: int | None, parent_pid: int, workdir: str) -> list[str]:
-    "Preload, rlimits, namespaces + jail, uid drop, parent-death signal, no_new_privs, Landlock, seccomp (in that order)."
+    "Preload, rlimits, namespaces + jail, no_new_privs, Landlock, uid drop, parent-death signal, seccomp (in that order)."
     _preload([*limits.allowed_imports, *_RUNNER_MODULES])
     layers = _set_rlimits(limits)
     try:
@@ -342,15 +342,16 @@ def _confine(limits: SandboxLimits, uid: int | None, parent_pid: int, workdir: s
         layers += _enter_jail(workdir, limits, uid if uid is not None and os.geteuid() == 0 else os.getuid())
     except OSError as e:
         if limits.require_kernel_jail: raise JailError(e.errno or 0, f"no private filesystem view ({e})") from e
+        _libc().umount2(os.fsencode(workdir), _MNT_DETACH)   # undo a half-built jail (an error here: nothing to undo)
         os.chdir(workdir)
         layers.append(f"no jail ({e})")
-    layers += _drop_privileges(uid)
-    layers += _die_with_parent(parent_pid)
     _ok(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     try: layers += _landlock([_stdlib_dir()], [workdir, *[d for d in _DEVICES if os.path.exists(d)]], limits.allow_network)
     except OSError as e:
         if limits.require_kernel_jail: raise
         layers.append(f"no landlock ({e})")
+    layers += _drop_privileges(uid)
+    layers += _die_with_parent(parent_pid)
     layers += _seccomp(os.getpid())
     os.umask(0o077)
     sys.setrecursionlimit(limits.recursion_limit)
