@@ -422,12 +422,14 @@ class _OperatorProxy:
 
 # %% ../nbs/10_isolation.ipynb #c4961c42
 class Opaque:
-    "Stands in (in the checker) for a solution value that is not plain data: equal to nothing, no truth value."
-    def __init__(self, type_name: str): self.type_name = type_name
+    "Stands in (in the checker) for a solution value that is not plain data: equal to nothing, only its truth value kept."
+    def __init__(self, type_name: str, truth: bool | None = None): self.type_name, self.truth = type_name, truth
     def __eq__(self, other): return False
     def __ne__(self, other): return True
     __hash__ = object.__hash__
-    def __bool__(self): raise TypeError(f"a {self.type_name} object returned by the solution has no truth value here")
+    def __bool__(self):
+        if type(self.truth) is bool: return self.truth
+        raise TypeError(f"a {self.type_name} object returned by the solution has no truth value here")
     def __repr__(self): return f"<opaque {self.type_name}>"
 
 class SolutionError(Exception):
@@ -436,7 +438,8 @@ class SolutionError(Exception):
 _MAX_DEPTH = 100
 _REBUILT_ERRORS = {e.__name__: e for e in (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
                                            AttributeError, RecursionError, NotImplementedError, RuntimeError, LookupError,
-                                           ArithmeticError, AssertionError, StopIteration, MemoryError)}
+                                           ArithmeticError, AssertionError, MemoryError)}   # never StopIteration:
+# raised inside `map(candidate, xs)` it would end the iteration early (`all(map(candidate, xs))` would pass)
 
 def encode_value(x, depth: int = 0):
     "`x` as plain JSON: None, bools, ints, finite floats, strings and lists as themselves, other built-in types tagged."
@@ -454,7 +457,12 @@ def encode_value(x, depth: int = 0):
     if isinstance(x, dict): return {"$": "dict", "v": [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in dict.items(x)]}
     if isinstance(x, (bytes, bytearray)): return {"$": "bytes", "v": bytes(x).hex()}
     if isinstance(x, complex): return {"$": "complex", "v": enc([x.real, x.imag])}
-    return {"$": "opaque", "type": type(x).__qualname__[:100]}
+    return {"$": "opaque", "type": type(x).__qualname__[:100], "truth": _truth(x)}
+
+def _truth(x) -> bool | None:
+    "`bool(x)`, or None if that fails (one bit the solution could as well have returned as a plain bool)."
+    try: return bool(x)
+    except Exception: return None
 
 def decode_value(j, depth: int = 0):
     "The plain Python value `encode_value` wrote (exact built-in types only); unknown forms become `Opaque`."
@@ -473,7 +481,8 @@ def decode_value(j, depth: int = 0):
         if tag == "bytes" and type(v) is str: return bytes.fromhex(v)
         if tag == "complex": return complex(*dec(v))
     except (TypeError, ValueError): return Opaque("malformed")
-    return Opaque(str(j.get("type", "malformed"))[:100])
+    truth = j.get("truth")
+    return Opaque(str(j.get("type", "malformed"))[:100], truth if type(truth) is bool else None)
 
 def _pairs(v) -> list:
     "The `[key, value]` pairs of an encoded dict, checked."
@@ -866,18 +875,20 @@ async def arun_tests(solution_code: str, test_code: str | Sequence[str], entry_p
     limits, start = limits or SandboxLimits(), time.monotonic()
     tests = test_code if isinstance(test_code, str) else "\n".join(test_code)
     solution = _Supervisor({"kind": "serve", "code": solution_code, "helpers": helpers, "entry": entry_point}, limits)
-    running = asyncio.create_task(solution.run())
-    ready_wait = asyncio.ensure_future(solution.ready)
-    await asyncio.wait([running, ready_wait], return_when=asyncio.FIRST_COMPLETED)
-    checker = None
-    if ready_wait.done() and ready_wait.result():
-        check_job = {"kind": "check", "tests": tests, "helpers": helpers, "entry_point": entry_point}
-        check_limits = replace(limits, max_operator_calls=max(limits.max_operator_calls, 1_000_000))
-        try: checker = await _Supervisor(check_job, check_limits, {"candidate": solution.call}).run()
-        finally: solution.end_calls()
-    try: solution_result = await asyncio.wait_for(asyncio.shield(running), timeout=2.0)
-    except asyncio.TimeoutError:
-        solution._kill("did not finish after the tests"); solution_result = await running
+    running, checker = asyncio.create_task(solution.run()), None
+    try:
+        ready_wait = asyncio.ensure_future(solution.ready)
+        await asyncio.wait([running, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+        if ready_wait.done() and ready_wait.result():
+            check_job = {"kind": "check", "tests": tests, "helpers": helpers, "entry_point": entry_point}
+            check_limits = replace(limits, max_operator_calls=max(limits.max_operator_calls, 1_000_000))
+            try: checker = await _Supervisor(check_job, check_limits, {"candidate": solution.call}).run()
+            finally: solution.end_calls()
+        try: solution_result = await asyncio.wait_for(asyncio.shield(running), timeout=2.0)
+        except asyncio.TimeoutError:
+            solution._kill("did not finish after the tests"); solution_result = await running
+    except BaseException:   # cancelled: the solution's sandbox goes too
+        running.cancel(); raise
     return _combine(solution_result, checker, time.monotonic() - start)
 
 def run_tests(solution_code: str, test_code: str | Sequence[str], entry_point: str,
