@@ -339,7 +339,8 @@ def test_refusal_when_the_jail_cannot_be_built(monkeypatch):
 
 
 # ---- forged verdicts (issue 14, item 2) ---------------------------------------------------------------------
-CHECK3 = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(3) == 6\n    assert candidate(0) == 0\n"
+CHECK3 = ("def check(candidate):\n    assert all(map(candidate, [1, 2]))\n    assert candidate(2) == 4\n"
+          "    assert candidate(3) == 6\n    assert candidate(0) == 0\n")
 FORGE_ALL_FDS = ("import asyncio\nos = asyncio.base_events.os\n"
                  "LINES = (b'{{\"t\": \"ready\"}}\\n{{\"t\": \"ret\", \"id\": 0, \"ok\": true, \"value\": 4}}\\n'\n"
                  "         b'{{\"t\": \"result\", \"ok\": true, \"value\": null}}\\n{{\"t\": \"hello\", \"layers\": []}}\\n')\n"
@@ -369,10 +370,11 @@ FORGE_ALL_FDS = ("import asyncio\nos = asyncio.base_events.os\n"
     "def double(x):\n    while True:\n        pass\n",
     "def double(x):\n    return bytearray(10**10)\n",
     "def double(x):\n    return (yield 2 * x)\n",
+    "def double(x):\n    raise StopIteration\n",
 ], ids=["forge_before_ready", "forge_in_call", "forge_then_exit", "always_equal", "lying_int_subclass",
         "lying_metaclass", "not_implemented", "builtins_dict_override", "builtins_module_override",
         "patch_encoder_constant", "patch_runner_result", "own_check", "exit_in_call", "blocked_import_in_call",
-        "exit_before_ready", "hang_in_call", "memory_in_call", "generator"])
+        "exit_before_ready", "hang_in_call", "memory_in_call", "generator", "stop_iteration_ends_map"])
 def test_forged_or_wrong_solutions_fail(solution):
     r = run_tests(solution, CHECK3, "double", limits=FAST)
     assert r.ok is False, (r.reason, r.stdout[-300:], r.stderr[-300:])
@@ -400,8 +402,10 @@ def test_forged_result_line_in_a_program_is_a_protocol_error():
     ("def f(*xs, scale=1):\n    return sum(xs) * scale\n", "def check(candidate):\n    assert candidate(1, 2, scale=3) == 9\n"),
     ("def f(s):\n    return s[::-1]\n", "def check():\n    assert f('abc') == 'cba'\n"),                      # MBPP form
     ("def f(x):\n    return helper(x) + 1\n", "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n"),   # helpers
+    ("import re\ndef f(s):\n    return re.search('ab+', s)\n",                       # an opaque value keeps its truth
+     "def check(candidate):\n    assert candidate('xabb')\n    assert not candidate('ac')\n"),
 ], ids=["types_round_trip", "list_is_not_tuple", "float_tolerance", "non_finite_floats", "expected_exception",
-        "kwargs", "mbpp_form", "prompt_helpers"])
+        "kwargs", "mbpp_form", "prompt_helpers", "match_object_truth"])
 def test_correct_solutions_still_pass(solution, tests):
     r = run_tests(solution, tests, "f", helpers="def helper(x):\n    return 10 * x\n")
     assert r.ok, (r.reason, r.stderr[-800:])
@@ -455,3 +459,52 @@ def test_score_output_on_real_problems():
     assert score(mb, f"```python\n{WRONG_802}```") == 0.0
     assert score(he, f"```python\n{he.question}{_record('humaneval', 'HumanEval/135')['canonical_solution']}```") == 1.0
     assert score(mb, f"```python\n{_record('mbpp', 802)['code']}\n```") == 1.0
+
+
+
+# ---- an unprivileged parent: user namespace instead of root --------------------------------------------------
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NONROOT_SCRIPT = r"""
+import json, sys, importlib.util as u
+s = u.spec_from_file_location('optima_nb.isolation', sys.argv[1])
+m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m)
+off = m.SandboxLimits(python_guards=False)
+out = {"layers": m.run_code("x = 1").layers,
+       "passwd": m.run_code("print(open('/etc/passwd').read())", limits=off).reason,
+       "list_root": m.run_code("import os\nprint(os.listdir('/'))", limits=off).reason,
+       "write_tmp": m.run_code("open('/tmp/optima-nonroot-escape', 'w')", limits=off).reason,
+       "kill_parent": m.run_code("import os\nos.kill(os.getppid(), 9)", limits=off).reason,
+       "tests_pass": m.run_tests("def f(x):\n    return 2 * x\n", "assert candidate(2) == 4", "f").ok,
+       "tests_fail": m.run_tests("def f(x):\n    return x\n", "assert candidate(2) == 4", "f").ok}
+print(json.dumps(out))
+"""
+
+
+def _unprivileged_python():
+    "A Python 3.10+ that user 65534 can run (the project's may sit under /root), with setpriv; else None."
+    import shutil, subprocess
+    if not AS_ROOT or not shutil.which("setpriv"): return None
+    for exe in ["/usr/bin/python3", "/usr/local/bin/python3"]:
+        if not os.path.exists(exe): continue
+        probe = subprocess.run(UNPRIVILEGED + [exe, "-c", "import sys; assert sys.version_info >= (3, 10)"],
+                               capture_output=True, timeout=30)
+        if probe.returncode == 0: return exe
+    return None
+
+
+def test_unprivileged_parent_uses_a_user_namespace():
+    import subprocess
+    import optima_nb.isolation as iso
+    exe = _unprivileged_python()
+    if exe is None: pytest.skip("needs root (to become an unprivileged user), setpriv and a Python that user can run")
+    run = subprocess.run(UNPRIVILEGED + [exe, "-c", NONROOT_SCRIPT, iso.__file__], capture_output=True, text=True,
+                         timeout=120, cwd="/")
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {"userns", "netns", "pivot_root", "seccomp"} <= set(out["layers"]), out["layers"]
+    assert out["passwd"].startswith("exception: FileNotFoundError"), out
+    assert out["list_root"].startswith("exception: PermissionError"), out
+    assert out["write_tmp"].startswith("exception: OSError: [Errno 30]"), out
+    assert out["kill_parent"].startswith("exception: PermissionError"), out
+    assert (out["tests_pass"], out["tests_fail"]) == (True, False)
+    assert not Path("/tmp/optima-nonroot-escape").exists()
