@@ -150,7 +150,7 @@ def audit_verdict(event: str, args: tuple, policy: GuardPolicy) -> str | None:
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x40000000
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 1, 38, 22, 2
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
-_MNT_DETACH, _SYS_PIVOT_ROOT = 2, 155
+_MNT_DETACH, _PIVOT_ROOT = 2, {"x86_64": 155, "aarch64": 41}   # pivot_root has no libc wrapper
 _RUNNER_MODULES = ["traceback", "linecache", "encodings.ascii", "encodings.latin_1", "encodings.idna", "collections.abc",
                    "_strptime", "ctypes", "struct"]
 _DEVICES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
@@ -236,7 +236,9 @@ def _enter_jail(workdir: str, limits: SandboxLimits, owner: int) -> list[str]:
     _mount("optima-sandbox", root + workdir, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
            f"size={limits.max_disk_mb}m,nr_inodes={limits.max_files + 1},mode=0700,uid={owner},gid={owner}")
     os.makedirs(root + "/.old")
-    _ok(_libc().syscall(_SYS_PIVOT_ROOT, os.fsencode(root), os.fsencode(root + "/.old")), "pivot_root")
+    nr = _PIVOT_ROOT.get(os.uname().machine)
+    if nr is None: raise JailError(errno.ENOSYS, f"pivot_root: unknown call number on {os.uname().machine}")
+    _ok(_libc().syscall(nr, os.fsencode(root), os.fsencode(root + "/.old")), "pivot_root")
     os.chdir("/")
     _ok(_libc().umount2(b"/.old", _MNT_DETACH), "umount old root")
     os.rmdir("/.old")
