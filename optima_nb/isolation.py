@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 # %% auto #0
 __all__ = ['DEFAULT_ALLOWED_IMPORTS', 'BLOCKED_EXIT', 'DENIED_IMPORT_ROOTS', 'SOURCE_NAME', 'SandboxLimits', 'SandboxResult',
            'OperatorError', 'GuardPolicy', 'audit_verdict', 'JailError', 'seccomp_program', 'Opaque', 'SolutionError',
-           'encode_value', 'decode_value', 'arun_code', 'run_code', 'arun_tests', 'run_tests', 'arun_workflow',
-           'run_workflow', 'arun_workflows', 'run_workflows']
+           'encode_value', 'decode_value', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests', 'run_tests',
+           'arun_workflow', 'run_workflow', 'arun_workflows', 'run_workflows']
 
 # %% ../nbs/10_isolation.ipynb #364c9ee0
 DEFAULT_ALLOWED_IMPORTS = [
@@ -860,6 +860,13 @@ async def arun_code(code: str, entry: str | None = None, args: Sequence = (), li
 def run_code(code: str, entry: str | None = None, args: Sequence = (), limits: SandboxLimits | None = None) -> SandboxResult:
     "Blocking `arun_code`."
     return _run_sync(arun_code(code, entry, args, limits))
+
+# %% ../nbs/10_isolation.ipynb #fc828aa6
+def check_sandbox(limits: SandboxLimits | None = None) -> list[str]:
+    "The isolation layers a run gets on this machine; RuntimeError with the reason when runs are refused here."
+    r = run_code("def f():\n    return 1\n", entry="f", limits=limits)
+    if not (r.ok and r.value == 1): raise RuntimeError(f"the sandbox does not run here: {r.reason}")
+    return r.layers
 
 # %% ../nbs/10_isolation.ipynb #4eb10a09
 def _combine(solution: SandboxResult, checker: SandboxResult | None, wall_s: float) -> SandboxResult:
