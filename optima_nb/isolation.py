@@ -196,11 +196,13 @@ def _ok(rc: int, what: str):
     return rc
 
 def _mount(source, target, fstype, flags: int, data: str | None = None):
+    "mount(2); `JailError` naming the target when refused."
     enc = lambda s: None if s is None else os.fsencode(s)
     _ok(_libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 # %% ../nbs/10_isolation.ipynb #c8212da8
 def _stdlib_dir() -> str:
+    "The standard library's folder, symlinks resolved (the one folder of ours the jail shows)."
     return os.path.realpath(os.path.dirname(os.__file__))
 
 def _enter_namespaces(allow_network: bool) -> list[str]:
@@ -540,6 +542,7 @@ def _code_job(job: dict, ns: dict, loop, link) -> Any:
     return _settle(ns[job["entry"]](*job.get("args", [])), loop)
 
 def _error_text(e: BaseException) -> str:
+    "`Type: message` of an exception raised by the solution, capped."
     return f"{type(e).__name__}: {e}"[:2000]
 
 def _serve_job(job: dict, ns: dict, loop, link) -> Any:
@@ -646,6 +649,7 @@ def _runner_path() -> str:
     return importlib.util.find_spec("optima_nb.isolation").origin
 
 def _reject_constant(name: str):
+    "`json.loads` hook: NaN and Infinity literals are not plain JSON."
     raise ValueError(f"{name} is not plain JSON")
 
 def _scrubbed_env(workdir: str) -> dict:
@@ -724,6 +728,7 @@ class _Supervisor:
         if self.replies is not None: self.replies.close()
 
     def _fail_calls(self):
+        "Fail calls still waiting on a child that ended (and a `ready` that never came)."
         for future in self.calls.values():
             if not future.done(): future.set_exception(OperatorError(f"the solution ended ({self.kill_reason or self.blocked or 'exit'})"))
         if not self.ready.done(): self.ready.set_result(False)
