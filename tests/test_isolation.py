@@ -508,3 +508,24 @@ def test_unprivileged_parent_uses_a_user_namespace():
     assert out["kill_parent"].startswith("exception: PermissionError"), out
     assert (out["tests_pass"], out["tests_fail"]) == (True, False)
     assert not Path("/tmp/optima-nonroot-escape").exists()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter is x86_64 only")
+def test_seccomp_refuses_kernel_attack_surface():
+    "Guards off, raw system calls through ctypes: every one is refused with EPERM (clone3: ENOSYS)."
+    code = ("import ctypes, os\nc = ctypes.CDLL(None, use_errno=True)\nc.syscall.restype = ctypes.c_long\n"
+            "def f():\n    out = {}\n"
+            "    for name, nr, args in [('ptrace', 101, (16, os.getppid(), 0, 0)), ('bpf', 321, (0, 0, 0)),\n"
+            "                           ('perf_event_open', 298, (0, 0, -1, -1, 0)), ('keyctl', 250, (0, 0)),\n"
+            "                           ('io_uring_setup', 425, (1, 0)), ('userfaultfd', 323, (0,)),\n"
+            "                           ('unshare', 272, (0x10000000,)), ('setns', 308, (0, 0)),\n"
+            "                           ('pidfd_open', 434, (os.getppid(), 0)), ('tkill', 200, (os.getppid(), 0)),\n"
+            "                           ('clone_newuser', 56, (0x10000000 | 17, 0, 0, 0, 0)), ('clone3', 435, (0, 0)),\n"
+            "                           ('kill_other', 62, (os.getppid(), 0)), ('tgkill_other', 234, (os.getppid(), os.getppid(), 0))]:\n"
+            "        rc = c.syscall(nr, *args)\n        out[name] = [rc, ctypes.get_errno()]\n"
+            "    out['kill_self'] = [c.syscall(62, os.getpid(), 0), 0]\n    return out\n")
+    r = run_code(code, entry="f", limits=SandboxLimits(wall_s=5, python_guards=False))
+    assert r.ok, (r.reason, r.stderr[-500:])
+    expected = {name: [-1, 1] for name in r.value if name not in ("clone3", "kill_self")}
+    assert {k: v for k, v in r.value.items() if k in expected} == expected, r.value
+    assert r.value["clone3"] == [-1, 38] and r.value["kill_self"] == [0, 0], r.value
