@@ -27,9 +27,9 @@ from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, 
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
            'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'rotating_seeds',
            'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
-           'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
-           'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'hf_generator',
-           'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'test_helpers', 'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs',
+           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
+           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -272,6 +272,10 @@ def _failure_text(result) -> str:
     tail = result.stderr.strip()[-1000:]
     return (result.reason or "failed") + (f"\n{tail}" if tail else "")
 
+def test_helpers(problem: Problem) -> str:
+    "Code the problem's tests may call besides the solution: a HumanEval prompt's helper functions (MBPP has none)."
+    return problem.question if problem.benchmark == "humaneval" else ""
+
 def sandboxed_operators(problem: Problem, llm: Callable, sandbox: SandboxConfig, config: OperatorConfig | None = None) -> Operators:
     "The operators of one workflow run: `llm` for the LLM calls, the sandbox for programmer code and public tests."
     limits = code_limits(sandbox)
@@ -280,7 +284,7 @@ def sandboxed_operators(problem: Problem, llm: Callable, sandbox: SandboxConfig,
         return (True, r.stdout) if r.ok else (False, _failure_text(r))
     async def run_public_tests(solution: str):
         if not problem.public_tests: return True, "no public tests"
-        r = await arun_tests(*public_test_program(problem, solution), limits=limits)
+        r = await arun_tests(*public_test_program(problem, solution), limits=limits, helpers=test_helpers(problem))
         return (True, "all public tests passed") if r.ok else (False, _failure_text(r))
     return Operators(problem, llm, execute_code, run_public_tests, config)
 
@@ -295,7 +299,7 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     "`(score, extracted answer, note)` of one workflow output; code runs against the hidden tests in the sandbox."
     if problem.kind == "code":
         solution, _, entry = code_test_program(problem, output)
-        r = await arun_tests(solution, hidden_test_code(problem), entry, code_limits(sandbox))
+        r = await arun_tests(solution, hidden_test_code(problem), entry, code_limits(sandbox), helpers=test_helpers(problem))
         return (1.0 if r.ok else 0.0), solution, None if r.ok else f"hidden tests: {r.reason}"
     answer = extract_answer(problem, output)
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
