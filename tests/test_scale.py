@@ -131,3 +131,11 @@ def test_accelerate_configs_load():
         c = load_config_from_file(str(p))
         assert str(c.distributed_type).endswith("DEEPSPEED") and c.deepspeed_config["zero_stage"] == 3 and c.mixed_precision == "bf16", p
     for p in PAPER: assert (ROOT / load_run_config(p).launcher.accelerate_config).exists(), p
+
+
+def test_scoreflow_paper_config_is_on_the_scale_path():
+    "The ScoreFlow paper config generates with vLLM (engine settings auto: 0.85 of a GPU, 0.3 of RAM on CPU) and trains in a child process."
+    from optima_nb.scoreflow import load_scoreflow_config
+    cfg = load_scoreflow_config(ROOT / "configs" / "scoreflow-paper.yaml")
+    assert cfg.generator.backend == "vllm" and cfg.generator.gpu_memory_utilization is None and cfg.generator.dtype == "auto"
+    assert cfg.launcher.kind == "subprocess" and cfg.train.loss == "score"
