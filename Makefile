@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.optima-installed
-TEST_TIMEOUT ?= 1500
+TEST_TIMEOUT ?= 2700
 EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: setup demo test bench clean-nbs export check
