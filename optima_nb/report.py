@@ -17,8 +17,8 @@ from .training import OptimaRun, RunConfig, load_run_config, load_splits, report
 __all__ = ['BASELINE_NAMES', 'HOLDER_GROUPS', 'HOLDER_LABELS', 'baseline_config', 'baselines_stage', 'scaling_stage',
            'analyse_run', 'run_config', 'method_label', 'tradeoff_points', 'iteration_rows', 'scaling_curves',
            'table_rows', 'bootstrap_ratio', 'eval_records', 'per_instance', 'held_out_instances', 'holder_group',
-           'compare_run', 'format_comparison', 'comparison_markdown', 'example_pairs', 'conversation_lines',
-           'side_by_side', 'format_example', 'format_examples', 'make_figures']
+           'compare_run', 'format_comparison', 'comparison_markdown', 'first_samples', 'example_pairs',
+           'conversation_lines', 'side_by_side', 'format_example', 'format_examples', 'make_figures']
 
 # %% ../nbs/16_report.ipynb #9fafccac
 def baseline_config(run: OptimaRun):
@@ -212,15 +212,21 @@ def comparison_markdown(c: dict, title: str) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/16_report.ipynb #0589f925
+def first_samples(records: Sequence[dict]) -> dict[str, dict]:
+    "Each instance's first sample (the lowest `sample`), by instance id in first-seen order."
+    out: dict[str, dict] = {}
+    for r in records:
+        i = r["instance_id"]
+        if i not in out or r.get("sample", 0) < out[i].get("sample", 0): out[i] = r
+    return out
+
 def example_pairs(run_dir, k: int, seed: int = 0) -> list[dict]:
     "`k` held-out instances (a seeded choice) with their first conversation before training and after the last evaluated iteration."
     rows = report_rows(run_dir)
     if len(rows) < 2: raise DataError(f"{run_dir}: no trained iteration has been evaluated yet")
     last = rows[-1]["iteration"]
-    first = lambda recs: {r["instance_id"]: r for r in sorted(recs, key=lambda r: r.get("sample", 0), reverse=True)}
-    before, after = first(eval_records(run_dir, "base")), first(eval_records(run_dir, last))
-    ids = [r["instance_id"] for r in eval_records(run_dir, "base") if r["instance_id"] in after]
-    ids = list(dict.fromkeys(ids))
+    before, after = first_samples(eval_records(run_dir, "base")), first_samples(eval_records(run_dir, last))
+    ids = [i for i in before if i in after]
     chosen = sorted(random.Random(f"examples:{seed}").sample(range(len(ids)), min(k, len(ids))))
     insts = held_out_instances(run_dir)
     return [{"instance_id": ids[j], "instance": insts.get(ids[j]), "before": before[ids[j]], "after": after[ids[j]], "after_iteration": last}
