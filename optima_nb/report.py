@@ -14,10 +14,10 @@ from .tasks import Instance
 from .training import OptimaRun, RunConfig, load_run_config, load_splits, report_rows, rollout_records
 
 # %% auto #0
-__all__ = ['BASELINE_NAMES', 'HOLDER_GROUPS', 'HOLDER_LABELS', 'baseline_config', 'baselines_stage', 'scaling_stage',
-           'analyse_run', 'run_config', 'method_label', 'tradeoff_points', 'iteration_rows', 'scaling_curves',
-           'table_rows', 'bootstrap_ratio', 'eval_records', 'per_instance', 'held_out_instances', 'holder_group',
-           'compare_run', 'format_comparison', 'comparison_markdown', 'first_samples', 'example_pairs',
+__all__ = ['BASELINE_NAMES', 'HOLDER_GROUPS', 'HOLDER_LABELS', 'HOLDER_PHRASES', 'baseline_config', 'baselines_stage',
+           'scaling_stage', 'analyse_run', 'run_config', 'method_label', 'tradeoff_points', 'iteration_rows',
+           'scaling_curves', 'table_rows', 'bootstrap_ratio', 'eval_records', 'per_instance', 'held_out_instances',
+           'holder_group', 'compare_run', 'format_comparison', 'comparison_markdown', 'first_samples', 'example_pairs',
            'conversation_lines', 'side_by_side', 'format_example', 'format_examples', 'make_figures']
 
 # %% ../nbs/16_report.ipynb #9fafccac
@@ -194,8 +194,8 @@ def format_comparison(c: dict) -> str:
              f"  {'tokens':<7} {t['before']:>9.1f} {t['after']:>8.1f} {_x(t['ratio']):>7}  [{_x(t['low'])}, {_x(t['high'])}]",
              f"  (percentile bootstrap: {s['n_resamples']} resamples of the instances, paired, seed {s['seed']})"]
     if c["by_holder"]:
-        lines += ["score by who holds the gold fact:", f"  {'holder':<14} {'n':>4} {'untrained':>9} {'trained':>8}"]
-        lines += [f"  {HOLDER_LABELS[g['holder']]:<14} {g['n']:>4} {g['before']:>9.3f} {g['after']:>8.3f}" for g in c["by_holder"]]
+        lines += ["score by who holds the gold fact:", f"  {'holder':<14} {'n':>4} {'untrained':>10} {'trained':>8}"]
+        lines += [f"  {HOLDER_LABELS[g['holder']]:<14} {g['n']:>4} {g['before']:>10.3f} {g['after']:>8.3f}" for g in c["by_holder"]]
     return "\n".join(lines)
 
 def comparison_markdown(c: dict, title: str) -> str:
@@ -252,6 +252,8 @@ def side_by_side(left: Sequence[str], right: Sequence[str], width: int, sep: str
     pad = lambda col, i: (col[i] if i < len(col) else "").ljust(width)
     return "\n".join((pad(left, i) + sep + pad(right, i)).rstrip() for i in range(n))
 
+HOLDER_PHRASES = {"Alice": "held by Alice", "Bob": "held by Bob", "split": "split across Alice and Bob (2-hop)"}
+
 def format_example(pair: dict, width: int | None = None, number: str = "") -> str:
     "One held-out instance: question, gold answer, each agent's facts, then its conversation before and after training side by side."
     width = width or max(60, min(200, shutil.get_terminal_size((120, 24)).columns))
@@ -261,7 +263,7 @@ def format_example(pair: dict, width: int | None = None, number: str = "") -> st
     if inst is not None:
         g = holder_group(inst)
         lines += textwrap.wrap(f"Q: {inst.question}", width, subsequent_indent="   ")
-        lines.append(f"gold: {inst.gold!r}" + (f"   gold fact held by: {HOLDER_LABELS[g]}" if g else ""))
+        lines.append(f"gold: {inst.gold!r}" + (f"   the gold fact is {HOLDER_PHRASES[g]}" if g else ""))
         for agent, ctx in inst.contexts.items():
             lines += textwrap.wrap(f"{agent} knows: " + " ".join(ctx.splitlines()), width, subsequent_indent="   ")
     lines.append(side_by_side(["before training (untrained)", "=" * min(col, 27)] + conversation_lines(pair["before"], col),
