@@ -165,14 +165,21 @@ def cmd_run(args) -> list[dict]:
     return report_rows(args.out)
 
 def cmd_report(args) -> list[dict]:
-    "Print a run directory's per-iteration table (or JSON)."
+    "Print a run directory's per-iteration table (or JSON), trained vs untrained with bootstrap intervals, and example pairs."
     import json
-    from optima_nb.config import DataError
+    from optima_nb.config import ConfigError, DataError
+    from optima_nb.report import compare_run, example_pairs, format_comparison, format_examples
     from optima_nb.training import format_report, report_rows
-    try: rows = report_rows(args.run_dir)
+    if args.examples < 0: raise ConfigError(f"report: --examples must be >= 0, got {args.examples}")
+    if args.resamples < 1: raise ConfigError(f"report: --resamples must be >= 1, got {args.resamples}")
+    try:
+        rows = report_rows(args.run_dir)
+        if args.json: print(json.dumps([{k: r[k] for k in ("iteration", "stage", "score", "tokens", "reward")} for r in rows], indent=1))
+        else:
+            print(format_report(rows))
+            if (c := compare_run(args.run_dir, args.resamples, args.seed)): print("\n" + format_comparison(c))
+        if args.examples: print("\n" + format_examples(example_pairs(args.run_dir, args.examples, args.seed)))
     except FileNotFoundError as e: raise DataError(str(e)) from None
-    if args.json: print(json.dumps([{k: r[k] for k in ("iteration", "stage", "score", "tokens", "reward")} for r in rows], indent=1))
-    else: print(format_report(rows))
     return rows
 
 # %% ../nbs/90_cli.ipynb #757870e9
@@ -294,8 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.name=/models/llama")
     r.set_defaults(func=cmd_run)
-    rp = sub.add_parser("report", help="per-iteration table of a run directory")
+    rp = sub.add_parser("report", help="per-iteration table of a run directory, trained vs untrained with bootstrap intervals")
     rp.add_argument("run_dir", type=Path); rp.add_argument("--json", action="store_true")
+    rp.add_argument("--examples", type=int, default=0, metavar="K", help="also print K held-out conversations before and after training")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples and of the choice of examples")
+    rp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the held-out instances")
     rp.set_defaults(func=cmd_report)
     e = sub.add_parser("eval", help="evaluate a checkpoint on a config's held-out split")
     e.add_argument("config", type=Path)

@@ -4,16 +4,21 @@
 
 # %% ../nbs/16_report.ipynb #cd729d08
 from __future__ import annotations
-import json
+import json, math, random, shutil, textwrap
 from pathlib import Path
 from typing import Sequence
-from .config import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, to_dict
+import numpy as np
+from .config import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, to_dict
 from .conversation import ConversationConfig
+from .tasks import Instance
 from .training import OptimaRun, RunConfig, load_run_config, load_splits, report_rows, rollout_records
 
 # %% auto #0
-__all__ = ['BASELINE_NAMES', 'baseline_config', 'baselines_stage', 'scaling_stage', 'analyse_run', 'run_config', 'method_label',
-           'tradeoff_points', 'iteration_rows', 'scaling_curves', 'table_rows', 'make_figures']
+__all__ = ['BASELINE_NAMES', 'HOLDER_GROUPS', 'HOLDER_LABELS', 'HOLDER_PHRASES', 'baseline_config', 'baselines_stage',
+           'scaling_stage', 'analyse_run', 'run_config', 'method_label', 'tradeoff_points', 'iteration_rows',
+           'scaling_curves', 'table_rows', 'bootstrap_ratio', 'eval_records', 'per_instance', 'held_out_instances',
+           'holder_group', 'compare_run', 'format_comparison', 'comparison_markdown', 'first_samples', 'example_pairs',
+           'conversation_lines', 'side_by_side', 'format_example', 'format_examples', 'make_figures']
 
 # %% ../nbs/16_report.ipynb #9fafccac
 def baseline_config(run: OptimaRun):
@@ -111,6 +116,164 @@ def table_rows(run_dir) -> list[dict]:
         out.append({"method": method_label(cfg.schedule), "task": cfg.task.name, "score": rows[-1]["score"], "tokens": rows[-1]["tokens"]})
     return [{k: r[k] for k in ("method", "task", "score", "tokens")} for r in out]
 
+# %% ../nbs/16_report.ipynb #ebc51248
+def bootstrap_ratio(before: Sequence[float], after: Sequence[float], n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    "mean(after) / mean(before) with a paired percentile bootstrap interval (instances resampled with replacement)."
+    b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if b.ndim != 1 or b.shape != a.shape or not len(b): raise ValueError(f"need two equal-length, non-empty sequences, got {b.shape} and {a.shape}")
+    out = {"before": float(b.mean()), "after": float(a.mean()), "ratio": None, "low": None, "high": None,
+           "level": level, "n_resamples": n_resamples, "seed": seed, "undefined": 0}
+    if out["before"] <= 0: return out
+    idx = np.random.default_rng(seed).integers(0, len(b), size=(n_resamples, len(b)))
+    num, den = a[idx].mean(axis=1), b[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"): ratios = num / den
+    defined = ratios[~np.isnan(ratios)]    # 0/0 (a resample with nothing before or after) has no ratio; x/0 is +inf
+    tail = (1 - level) / 2
+    out.update(ratio=out["after"] / out["before"], undefined=int(len(ratios) - len(defined)),
+               low=float(np.quantile(defined, tail, method="inverted_cdf")),
+               high=float(np.quantile(defined, 1 - tail, method="inverted_cdf")))
+    return out
+
+# %% ../nbs/16_report.ipynb #356ac928
+def eval_records(run_dir, iteration) -> list[dict]:
+    "The held-out evaluation records of one iteration ('base' or an index) of a run directory."
+    it = iteration if isinstance(iteration, str) else f"{iteration:02d}"
+    path = Path(run_dir) / f"iter_{it}" / "evaluate" / "records.jsonl"
+    if not path.exists(): raise FileNotFoundError(f"{path}: no evaluation records")
+    return read_jsonl(path)
+
+def per_instance(records: Sequence[dict], key: str) -> dict[str, float]:
+    "Mean of `key` per instance (over its samples), by instance id in first-seen order."
+    groups: dict[str, list[float]] = {}
+    for r in records: groups.setdefault(r["instance_id"], []).append(float(r[key]))
+    return {i: float(np.mean(v)) for i, v in groups.items()}
+
+def held_out_instances(run_dir) -> dict[str, Instance]:
+    "The run's held-out instances by id, or {} when they cannot be rebuilt (e.g. a data file that has moved)."
+    try: return {i.id: i for i in load_splits(run_config(run_dir).task)["eval"]}
+    except (OSError, ValueError): return {}
+
+HOLDER_GROUPS = ("Alice", "Bob", "split")
+
+def holder_group(inst: Instance | None) -> str | None:
+    "Who holds the gold fact: 'Alice', 'Bob', or 'split' (a 2-hop chain across both agents); None when not recorded."
+    if inst is None or "holder" not in inst.meta: return None
+    return "split" if inst.meta.get("hops", 1) == 2 else inst.meta["holder"]
+
+# %% ../nbs/16_report.ipynb #c47b7052
+def compare_run(run_dir, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict | None:
+    "Trained (last evaluated iteration) vs untrained: score and token ratios with bootstrap intervals, and score by holder."
+    rows = report_rows(run_dir)
+    if len(rows) < 2 or rows[0]["iteration"] != "base": return None
+    last = rows[-1]["iteration"]
+    before, after = eval_records(run_dir, "base"), eval_records(run_dir, last)
+    sb, sa, tb, ta = per_instance(before, "task_score"), per_instance(after, "task_score"), per_instance(before, "n_tokens"), per_instance(after, "n_tokens")
+    ids = [i for i in sb if i in sa]
+    if not ids: raise DataError(f"{run_dir}: the base and iteration {last} evaluations share no instance")
+    ci = lambda b, a: bootstrap_ratio([b[i] for i in ids], [a[i] for i in ids], n_resamples, seed, level)
+    out = {"before": "base", "after": last, "n": len(ids), "score": ci(sb, sa), "tokens": ci(tb, ta), "by_holder": []}
+    insts = held_out_instances(run_dir)
+    groups = {i: holder_group(insts.get(i)) for i in ids}
+    for g in HOLDER_GROUPS:
+        members = [i for i in ids if groups[i] == g]
+        if members: out["by_holder"].append({"holder": g, "n": len(members), "before": float(np.mean([sb[i] for i in members])),
+                                             "after": float(np.mean([sa[i] for i in members]))})
+    return out
+
+# %% ../nbs/16_report.ipynb #85f92b64
+def _x(v) -> str: return "-" if v is None else ("inf" if math.isinf(v) else f"{v:.2f}x")
+
+HOLDER_LABELS = {"Alice": "Alice", "Bob": "Bob", "split": "split (2-hop)"}
+
+def format_comparison(c: dict) -> str:
+    "The trained-vs-untrained comparison as terminal text."
+    s, t = c["score"], c["tokens"]
+    lines = [f"trained (iteration {c['after']}) vs untrained, {c['n']} held-out instances",
+             f"  {'':<7} {'untrained':>9} {'trained':>8} {'ratio':>7}  {100 * s['level']:.0f}% interval",
+             f"  {'score':<7} {s['before']:>9.3f} {s['after']:>8.3f} {_x(s['ratio']):>7}  [{_x(s['low'])}, {_x(s['high'])}]",
+             f"  {'tokens':<7} {t['before']:>9.1f} {t['after']:>8.1f} {_x(t['ratio']):>7}  [{_x(t['low'])}, {_x(t['high'])}]",
+             f"  (percentile bootstrap: {s['n_resamples']} resamples of the instances, paired, seed {s['seed']})"]
+    if c["by_holder"]:
+        lines += ["score by who holds the gold fact:", f"  {'holder':<14} {'n':>4} {'untrained':>10} {'trained':>8}"]
+        lines += [f"  {HOLDER_LABELS[g['holder']]:<14} {g['n']:>4} {g['before']:>10.3f} {g['after']:>8.3f}" for g in c["by_holder"]]
+    return "\n".join(lines)
+
+def comparison_markdown(c: dict, title: str) -> str:
+    "The trained-vs-untrained comparison as a markdown section for `results.md`."
+    s, t = c["score"], c["tokens"]
+    lines = [f"## {title}: trained (iteration {c['after']}) vs untrained, {c['n']} held-out instances", "",
+             f"| | untrained | trained | ratio | {100 * s['level']:.0f}% interval |", "|---|---|---|---|---|",
+             f"| score (%) | {100 * s['before']:.1f} | {100 * s['after']:.1f} | {_x(s['ratio'])} | {_x(s['low'])} – {_x(s['high'])} |",
+             f"| tokens | {t['before']:.1f} | {t['after']:.1f} | {_x(t['ratio'])} | {_x(t['low'])} – {_x(t['high'])} |", "",
+             f"Percentile bootstrap, {s['n_resamples']} resamples of the held-out instances (paired, seed {s['seed']})."]
+    if c["by_holder"]:
+        lines += ["", "| who holds the gold fact | instances | untrained score (%) | trained score (%) |", "|---|---|---|---|"]
+        lines += [f"| {HOLDER_LABELS[g['holder']]} | {g['n']} | {100 * g['before']:.1f} | {100 * g['after']:.1f} |" for g in c["by_holder"]]
+    return "\n".join(lines)
+
+# %% ../nbs/16_report.ipynb #0589f925
+def first_samples(records: Sequence[dict]) -> dict[str, dict]:
+    "Each instance's first sample (the lowest `sample`), by instance id in first-seen order."
+    out: dict[str, dict] = {}
+    for r in records:
+        i = r["instance_id"]
+        if i not in out or r.get("sample", 0) < out[i].get("sample", 0): out[i] = r
+    return out
+
+def example_pairs(run_dir, k: int, seed: int = 0) -> list[dict]:
+    "`k` held-out instances (a seeded choice) with their first conversation before training and after the last evaluated iteration."
+    rows = report_rows(run_dir)
+    if len(rows) < 2: raise DataError(f"{run_dir}: no trained iteration has been evaluated yet")
+    last = rows[-1]["iteration"]
+    before, after = first_samples(eval_records(run_dir, "base")), first_samples(eval_records(run_dir, last))
+    ids = [i for i in before if i in after]
+    chosen = sorted(random.Random(f"examples:{seed}").sample(range(len(ids)), min(k, len(ids))))
+    insts = held_out_instances(run_dir)
+    return [{"instance_id": ids[j], "instance": insts.get(ids[j]), "before": before[ids[j]], "after": after[ids[j]], "after_iteration": last}
+            for j in chosen]
+
+# %% ../nbs/16_report.ipynb #041e4aaf
+def conversation_lines(record: dict, width: int) -> list[str]:
+    "A conversation record as lines of at most `width` characters: each turn, then the answer, score and tokens."
+    lines = []
+    for t in record["turns"]:
+        text = (t["text"] or "").strip() or "(empty)"
+        for j, para in enumerate(text.splitlines() or [""]):
+            lines += textwrap.wrap(para if j else f"{t['speaker']}: {para}", width, subsequent_indent="  ") or [""]
+    score = record.get("task_score")
+    lines.append("-" * min(width, 20))
+    lines += textwrap.wrap(f"answer: {record.get('final_answer')!r}", width, subsequent_indent="  ")
+    lines += textwrap.wrap(f"score {'-' if score is None else f'{score:.2f}'}, {record['n_tokens']} tokens, {record.get('stop_reason')}", width)
+    return lines
+
+def side_by_side(left: Sequence[str], right: Sequence[str], width: int, sep: str = " | ") -> str:
+    "Two columns of lines, each padded to `width`, joined by `sep`."
+    n = max(len(left), len(right))
+    pad = lambda col, i: (col[i] if i < len(col) else "").ljust(width)
+    return "\n".join((pad(left, i) + sep + pad(right, i)).rstrip() for i in range(n))
+
+HOLDER_PHRASES = {"Alice": "held by Alice", "Bob": "held by Bob", "split": "split across Alice and Bob (2-hop)"}
+
+def format_example(pair: dict, width: int | None = None, number: str = "") -> str:
+    "One held-out instance: question, gold answer, each agent's facts, then its conversation before and after training side by side."
+    width = width or max(60, min(200, shutil.get_terminal_size((120, 24)).columns))
+    col = (width - 3) // 2
+    inst, head = pair["instance"], f"=== example {number}{': ' if number else ''}{pair['instance_id']} "
+    lines = [head + "=" * max(0, width - len(head))]
+    if inst is not None:
+        g = holder_group(inst)
+        lines += textwrap.wrap(f"Q: {inst.question}", width, subsequent_indent="   ")
+        lines.append(f"gold: {inst.gold!r}" + (f"   the gold fact is {HOLDER_PHRASES[g]}" if g else ""))
+        for agent, ctx in inst.contexts.items():
+            lines += textwrap.wrap(f"{agent} knows: " + " ".join(ctx.splitlines()), width, subsequent_indent="   ")
+    lines.append(side_by_side(["before training (untrained)", "=" * min(col, 27)] + conversation_lines(pair["before"], col),
+                              [f"after training (iteration {pair['after_iteration']})", "=" * min(col, 27)] + conversation_lines(pair["after"], col), col))
+    return "\n".join(lines)
+
+def format_examples(pairs: Sequence[dict], width: int | None = None) -> str:
+    "Every example pair, numbered, separated by a blank line."
+    return "\n\n".join(format_example(p, width, f"{j + 1}/{len(pairs)}") for j, p in enumerate(pairs))
+
 # %% ../nbs/16_report.ipynb #32a690c1
 def make_figures(run_dirs: Sequence, out_dir) -> list[Path]:
     "Write the trade-off, per-iteration and scaling figures and the results table for `run_dirs` into `out_dir`."
@@ -132,5 +295,7 @@ def make_figures(run_dirs: Sequence, out_dir) -> list[Path]:
     if matched and matched.get("tokens_saved_fraction") is not None:
         notes.append(f"Inference scaling: {matched['method_a']} reaches the best majority-vote score of {matched['method_b']} "
                      f"({100 * matched['target_score']:.1f}%) with {100 * matched['tokens_saved_fraction']:.1f}% fewer tokens.")
-    written.append(atomic_write_text(out_dir / "results.md", "# Results (held-out split)\n\n" + table + "\n\n" + "\n".join(notes) + "\n"))
+    sections = [comparison_markdown(c, str(d)) for d in run_dirs if (c := compare_run(d))]
+    body = "\n\n".join([table, "\n".join(notes).rstrip("\n"), *sections])
+    written.append(atomic_write_text(out_dir / "results.md", "# Results (held-out split)\n\n" + body + "\n"))
     return written
