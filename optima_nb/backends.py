@@ -582,11 +582,15 @@ def bench_generate(model=DEFAULT_MODEL, n_prompts: int = 32, batch_sizes: Sequen
         tokens = sum(r[0].n_tokens for r in out)
         texts[bs] = [r[0].text for r in out]
         rows.append({"batch_size": bs, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})
-    for name, engine in (engines or {}).items():   # e.g. {"vllm": VLLMBackend(model, dtype="float32")}: one call, its own batching
-        engine.generate(prompts[:1], GenerationParams(max_new_tokens=2))
-        t0 = time.perf_counter()
-        out = engine.generate(prompts, params)
-        secs = time.perf_counter() - t0
+    for name, make_engine in (engines or {}).items():   # e.g. {"vllm": lambda: VLLMBackend(model, dtype="float32")}, built after the HF runs
+        engine = make_engine()
+        try:
+            engine.generate(prompts[:1], GenerationParams(max_new_tokens=2))
+            t0 = time.perf_counter()
+            out = engine.generate(prompts, params)
+            secs = time.perf_counter() - t0
+        finally:
+            if hasattr(engine, "close"): engine.close()
         tokens = sum(r[0].n_tokens for r in out)
         texts[name] = [r[0].text for r in out]
         rows.append({"batch_size": name, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})

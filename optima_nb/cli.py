@@ -54,12 +54,10 @@ def check_scoreflow_inputs(cfg, config_path: Path, out: Path | None = None):
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
     "Run the generation batching benchmark, print a table, optionally write JSON."
-    from contextlib import ExitStack
     from optima_nb.backends import VLLMBackend, bench_generate
-    with ExitStack() as stack:
-        engines = {"vllm": stack.enter_context(VLLMBackend(args.model, dtype="float32"))} if args.backend == "vllm" else None
-        res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
-                             engines=engines)
+    engines = {"vllm": lambda: VLLMBackend(args.model, dtype="float32")} if args.backend == "vllm" else None
+    res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+                         engines=engines)
     print(f"model {res['model']}  prompts {res['n_prompts']}  max_new_tokens {res['max_new_tokens']}  threads {res['torch_threads']}")
     print(f"{'batch':>6} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
     for r in res["results"]: print(f"{r['batch_size']:>6} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tokens_per_s']:>8.2f}")
@@ -97,8 +95,8 @@ def _bench_rollout_vllm(args, hf, cfg) -> dict:
     from optima_nb.backends import VLLMBackend
     from optima_nb.conversation import bench_engines
     from optima_nb.synthetic import make_synthetic
-    with VLLMBackend(args.model, dtype="float32", seed=args.seed) as vllm:
-        res = bench_engines(hf, vllm, make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
+    res = bench_engines(hf, lambda: VLLMBackend(args.model, dtype="float32", seed=args.seed),
+                        make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
     res.update(model=str(args.model), engine="vllm")
     print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
     print(f"HF one at a time {res['hf_sequential_s']:.1f} s   HF lockstep {res['hf_lockstep_s']:.1f} s   vLLM lockstep {res['other_lockstep_s']:.1f} s")

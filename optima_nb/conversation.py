@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, functools, random, re, time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 from tqdm.auto import tqdm
 from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
@@ -224,13 +224,18 @@ def bench_rollout(backend: Backend, instances: Sequence[Instance], cfg: Conversa
     return res
 
 # %% ../nbs/05_conversation.ipynb #0c511483
-def bench_engines(hf: Backend, other: Backend, instances: Sequence[Instance], cfg: ConversationConfig, seed: int = 0) -> dict:
-    "One-at-a-time HF vs lockstep HF vs lockstep `other` on the same greedy conversations: seconds, speedups, identical?"
+def bench_engines(hf: Backend, make_other: Callable[[], Backend], instances: Sequence[Instance], cfg: ConversationConfig,
+                  seed: int = 0) -> dict:
+    "One-at-a-time HF vs lockstep HF vs lockstep on `make_other()` (built after the HF runs) on the same greedy conversations."
     greedy = dataclasses.replace(cfg, temperature=0.0)
     alone, t_alone = _timed_rollout(instances, hf, greedy, seed, lockstep=False)
     hf_lock, t_hf = _timed_rollout(instances, hf, greedy, seed, lockstep=True)
-    _timed_rollout(instances[:1], other, greedy, seed, lockstep=True)   # warm-up (first-call allocations)
-    lock, t_other = _timed_rollout(instances, other, greedy, seed, lockstep=True)
+    other = make_other()   # only now: a live vLLM engine keeps CPU cores busy and would slow the HF runs down
+    try:
+        _timed_rollout(instances[:1], other, greedy, seed, lockstep=True)   # warm-up (first-call allocations)
+        lock, t_other = _timed_rollout(instances, other, greedy, seed, lockstep=True)
+    finally:
+        if hasattr(other, "close"): other.close()
     return {"conversations": len(instances), "max_turns": cfg.max_turns, "max_message_tokens": cfg.max_message_tokens,
             "tokens": sum(r["n_tokens"] for r in lock), "turns": sum(len(r["turns"]) for r in lock),
             "hf_sequential_s": round(t_alone, 2), "hf_lockstep_s": round(t_hf, 2), "other_lockstep_s": round(t_other, 2),

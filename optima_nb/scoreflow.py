@@ -18,7 +18,7 @@ from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jso
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
-from .training import RunDir, checkpoint_of, read_checkpoint, write_checkpoint
+from .training import ENGINE_PIDS, RunDir, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow)
@@ -443,6 +443,7 @@ class ScoreFlowRun:
         self.rd = RunDir(out).open(cfg)
         self.generator_factory, self.executor_backend = generator_factory, executor_backend
         self._gen_key = self._gen = self._vllm = self._executor = None
+        reap_stale_engines(self.rd.root / ENGINE_PIDS)   # the vLLM engine of a killed run outlives it
         self._splits: dict[str, tuple[list[Problem], dict[str, str]]] = {}
 
     # --- resources ---
@@ -476,6 +477,7 @@ class ScoreFlowRun:
                 self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization,
                                          dtype=g.dtype, enforce_eager=g.enforce_eager, max_model_len=g.max_model_len, seed=self.cfg.seed)
                 self._vllm.served_model = model
+                record_engine(self._vllm, self.rd.root / ENGINE_PIDS)
             self._vllm.set_adapter(adapter)
             return self._vllm
         return hf_generator(g, model, adapter, progress=self.progress)

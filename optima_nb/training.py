@@ -20,11 +20,11 @@ from .reward import RewardConfig, percentile_normalizer
 from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_instances
 
 # %% auto #0
-__all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
-           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunLockedError',
-           'RunDir', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend', 'backend_for',
-           'checkpoint_of', 'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun',
-           'report_rows', 'format_report', 'tiny_run_config']
+__all__ = ['ENGINE_PIDS', 'TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig',
+           'RunConfig', 'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n',
+           'RunLockedError', 'RunDir', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend',
+           'backend_for', 'record_engine', 'reap_stale_engines', 'checkpoint_of', 'make_scorer', 'add_rewards',
+           'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -306,6 +306,26 @@ def backend_for(current, cfg: ModelConfig, ck: dict, enable_lora: bool | None = 
     backend.served_model = ck["model"]
     return backend
 
+def record_engine(backend, pid_file: Path) -> None:
+    "Write the worker processes of `backend`'s engine (pid and start time) to `pid_file`, so a resumed run can reap them."
+    procs = getattr(backend, "_workers", None) or []
+    atomic_write_json(pid_file, [{"pid": p.pid, "create_time": p.create_time()} for p in procs if p.is_running()])
+
+def reap_stale_engines(pid_file: Path) -> int:
+    "Kill the engine processes a killed run left behind (as recorded in `pid_file`); returns how many were still alive."
+    import psutil
+    if not Path(pid_file).exists(): return 0
+    alive = []
+    for rec in json.loads(Path(pid_file).read_text()):
+        try:
+            p = psutil.Process(rec["pid"])
+            if abs(p.create_time() - rec["create_time"]) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE: alive.append(p)
+        except psutil.Error: pass
+    for p in alive: p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    Path(pid_file).unlink()
+    return len(alive)
+
 def checkpoint_of(init: dict, out: Path) -> dict:
     "What a training stage that started from checkpoint `init` produced in `out`: an adapter on `init`'s model, or a full model."
     if (Path(out) / "adapter_config.json").exists(): return {"model": init["model"], "adapter": Path(out)}
@@ -342,6 +362,8 @@ def summarize_eval(records: list[dict]) -> dict:
             "agreed": sum(r["stop_reason"] == "agreed" for r in records)}
 
 # %% ../nbs/09_training.ipynb #fb6ea5c2
+ENGINE_PIDS = "engine.pids.json"
+
 class OptimaRun:
     "An Optima training run over a resumable run directory."
     def __init__(self, cfg: RunConfig, out, progress: bool = True):
@@ -349,6 +371,7 @@ class OptimaRun:
         self.rd = RunDir(out).open(cfg)
         self.splits = load_splits(cfg.task)
         self._scorer, self._engine = None, None
+        reap_stale_engines(self.rd.root / ENGINE_PIDS)   # a killed run's vLLM engine outlives it (its workers are not our children)
 
     # --- helpers ---
     @property
@@ -368,8 +391,10 @@ class OptimaRun:
     def _backend(self, ck: dict):
         "The run's one generation backend, serving checkpoint `ck`."
         lora = any((self.cfg.sft if kind == "sft" else self.cfg.dpo).lora for kind in self.cfg.schedule)
-        self._engine = backend_for(self._engine, self.cfg.model, ck, enable_lora=lora)
-        return self._engine
+        engine = backend_for(self._engine, self.cfg.model, ck, enable_lora=lora)
+        if engine is not self._engine: record_engine(engine, self.rd.root / ENGINE_PIDS)
+        self._engine = engine
+        return engine
 
     def release(self) -> None:
         "Shut the generation engine down and drop the scorer, returning their memory (before training and at the end)."
