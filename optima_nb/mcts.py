@@ -41,6 +41,8 @@ class MCTSConfig:
     score_low: float = 0.0             # value mapped to score 0 (below: clipped)
     score_high: float = 1.0            # value mapped to score 1 (above: clipped)
     seed: int = 0
+    calibration_instances: int = 100   # train instances the current policy talks through (one sample each) to set the token
+    calibration_temperature: float = 0.7  # ... normaliser of the iteration (train/dpo.py:167-205, sft_dpo.py:285-314)
 
     def __post_init__(self):
         if self.n_rounds < 0 or self.rollouts_per_expansion < 1 or self.top_k < 1:
