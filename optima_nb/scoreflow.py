@@ -16,20 +16,21 @@ from tqdm.auto import tqdm
 from .backends import GenerationParams
 from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
-from .losses import TrainConfig, own_turn_example, pair_sampling_weights, train_dpo, train_sft
-from .models import DEFAULT_MODEL, load_tokenizer
+from .losses import (TrainConfig, build_dpo_trainer, fit_and_save, own_turn_example, pair_sampling_weights, train_dpo,
+                              train_sft)
+from .models import DEFAULT_MODEL, load_model, load_tokenizer
 from .training import RunDir, read_checkpoint, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
-                                 sample_workflows, score_answer, validate_workflow)
+                                 sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
 
 # %% auto #0
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
            'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'rotating_seeds',
            'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
            'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
-           'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'hf_generator',
-           'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'resample_pairs', 'use_base_reference', 'train_generator', 'ScoreFlowRun', 'summarize_scores',
+           'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -96,7 +97,9 @@ class ScoreFlowConfig:
     n_test: Optional[int] = None
     k: int = 8                          # workflows sampled per problem and iteration
     executions: int = 3                 # runs per workflow; its score is the mean
-    max_resamples: int = 2              # rounds of resampling invalid generator outputs
+    max_resamples: int = 2              # rounds of resampling invalid generator outputs (the reference: 500, i.e. until valid)
+    smoke_run: bool = True              # run each valid-looking workflow once on a toy problem with the real executor first
+    dpo_reference: Literal["base", "init"] = "base"  # DPO reference: the base generator (adapter disabled) or the stage's init
     iterations: int = 3
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
@@ -324,6 +327,22 @@ class WorkflowExecutor:
             return {"ok": False, "reason": f"error: {type(e).__name__}: {e}"[:500], "score": 0.0, "output": None, "answer": None,
                     "note": None, "wall_s": 0.0, "operator_calls": 0, "llm_calls": 0, "n_tokens": 0, "trace": []}
 
+    async def asmoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+        "Run each (code, kind) once, for real, on the toy problem of its kind; the failure reason of each, or None."
+        gate = asyncio.Semaphore(self.sandbox.max_concurrency)
+        async def one(code, kind):
+            problem = TOY_PROBLEMS[kind]
+            ops = sandboxed_operators(problem, self.llm, self.sandbox, self.operator_config)
+            async with gate:
+                try: res = await arun_workflow(code, "Workflow", operator_proxies(ops), public_view(problem), workflow_limits(self.sandbox, kind))
+                except Exception as e: return f"smoke run error: {type(e).__name__}: {e}"[:500]
+            return None if res.ok else f"smoke run on the toy {kind} problem failed: {res.reason}"[:500]
+        return list(await asyncio.gather(*(one(c, k) for c, k in items)))
+
+    def smoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+        "Blocking `asmoke`."
+        return _run_sync(self.asmoke(items))
+
     def _prepare(self, rec: dict, problem: Problem) -> str | None:
         "The code to run for a record (validated again here), or None with `rec['reason']` set."
         code = rec.get("code")
@@ -373,9 +392,10 @@ class WorkflowExecutor:
 
 # %% ../nbs/12_scoreflow.ipynb #a78ad305
 def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
-    "Every (chosen, rejected) pair of scored records of the same problem with chosen score > rejected score."
+    "Every (chosen, rejected) pair of scored valid records of the same problem with chosen score > rejected score."
     by_problem: dict[str, list[dict]] = {}
-    for r in records: by_problem.setdefault(r["problem_id"], []).append(r)
+    for r in records:
+        if r.get("valid", True): by_problem.setdefault(r["problem_id"], []).append(r)   # an invalid workflow is never a sample
     pairs = []
     for problem in problems:
         cands = by_problem.get(problem.id, [])
@@ -401,13 +421,24 @@ def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, see
     return [pairs[i] for i in pair_draw(pairs, n, power, seed)]
 
 # %% ../nbs/12_scoreflow.ipynb #e41712e5
+def use_base_reference(trainer, base_model: str, init_adapter=None):
+    "Make a DPO trainer's reference the base model: the adapter disabled (LoRA) or the base weights (full fine-tuning)."
+    if trainer.precompute_ref_logps: raise ValueError("precomputed reference log-probs would come from the init model")
+    from peft import PeftModel
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel):
+        if "ref" in model.peft_config: model.delete_adapter("ref")   # TRL's frozen copy of the init adapter
+    elif init_adapter is not None:
+        trainer.ref_model = trainer.accelerator.prepare_model(load_model(base_model)[0].eval(), evaluation_mode=True)
+    return trainer
+
 def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pairs_per_iteration: int | None,
-                    out_dir, init_adapter=None) -> Path:
+                    out_dir, init_adapter=None, reference: Literal["base", "init"] = "base") -> Path:
     "One training stage of the generator on `pairs`: Score-DPO draws inside the trainer; DPO/RPO get the same draw."
-    if cfg.loss == "score":
-        return train_dpo(base_model, pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration), out_dir, init_adapter)
-    drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
-    return train_dpo(base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter)
+    if cfg.loss == "score": data, cfg = pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration)
+    else: data, cfg = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed), dataclasses.replace(cfg, pairs_per_epoch=None)
+    if reference == "init": return train_dpo(base_model, data, cfg, out_dir, init_adapter)
+    return fit_and_save(lambda tmp: use_base_reference(build_dpo_trainer(base_model, data, cfg, tmp, init_adapter), base_model, init_adapter), out_dir)
 
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
@@ -488,7 +519,9 @@ class ScoreFlowRun:
     def _sample(self, problems, ck, k: int, seed: int) -> list[dict]:
         g = self.cfg.generator
         params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
-        recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params)
+        check = self.executor().smoke if self.cfg.smoke_run else None
+        recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params,
+                                batch_check=check)
         return [{**r, "seed_workflow": None} for r in recs]
 
     # --- stages ---
@@ -549,7 +582,8 @@ class ScoreFlowRun:
                 return {"skipped": "no preference pairs (all candidates of each problem scored the same)"}
             self.release_generator(engine=True)
             cfg = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i)
-            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / "adapter", init["adapter"])
+            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / "adapter", init["adapter"],
+                                  self.cfg.dpo_reference)
             write_checkpoint(tmp, self.rd.root, init["model"], out)
             return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": self.cfg.pairs_per_iteration or len(pairs)}
         return self.rd.stage(i, "train", fn)
