@@ -199,8 +199,8 @@ def rollout_conversations(trees: Sequence[Tree], selected: Sequence[int], cfg: M
                               prefixes=prefixes)
 
 def rollout_settings(conv_cfg: ConversationConfig, cfg: MCTSConfig) -> ConversationConfig:
-    "The conversation settings of the rollouts: the turn cap and temperature come from `cfg`."
-    return dataclasses.replace(conv_cfg, max_turns=cfg.max_depth, temperature=cfg.temperature)
+    "The conversation settings of the rollouts: the turn cap and temperature come from `cfg`; a message at the token cap goes on."
+    return dataclasses.replace(conv_cfg, max_turns=cfg.max_depth, temperature=cfg.temperature, end_at_token_cap=False)
 
 def run_round(trees: Sequence[Tree], backend: Backend, conv_cfg: ConversationConfig, cfg: MCTSConfig,
               reward_fn: RewardFn, round_index: int) -> list[dict]:
