@@ -12,10 +12,10 @@ from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
 
 # %% auto #0
-__all__ = ['CONCISE_RULE', 'IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'ANSWER_HINTS', 'ANSWER_EXAMPLES', 'FORMAT_EXAMPLES',
-           'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view', 'clean_message',
-           'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout', 'bench_rollout',
-           'measure_task']
+__all__ = ['CONCISE_RULE', 'IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'CRITIC_RULES', 'ANSWER_HINTS', 'ANSWER_EXAMPLES',
+           'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view',
+           'clean_message', 'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout',
+           'bench_rollout', 'measure_task']
 
 # %% ../nbs/05_conversation.ipynb #91bcbd20
 from .tasks import AGENTS
@@ -37,10 +37,10 @@ def other_agent(name: str) -> str:
 # %% ../nbs/05_conversation.ipynb #3fee600f
 CONCISE_RULE = 'Be very concise: every token costs. Begin your reply with "{name}:".'
 
-IE_PROMPT = """Read your facts and answer the question with {other}; {other} has other facts. """ + CONCISE_RULE + """ Example:
+IE_PROMPT = """Read your facts and answer the question with {other}; {other} has other facts.{rules} Example:
 Facts: Mira's pet is a cat.
 Question: What is Mira's pet?
-Reply: {name}: Mira's pet is a cat. {example_answer}
+Reply: {reply_name}Mira's pet is a cat. {example_answer}
 
 Facts: {context}
 Question: {question}"""
@@ -49,13 +49,16 @@ SOLVER_PROMPT = """You are {name}. You solve the problem below while {other} che
 
 Problem: {question}
 
-Reason briefly, step by step, and write your final answer as {answer_hint}. If {other} points out a mistake, fix it and give your answer again. """ + CONCISE_RULE
+Reason briefly, step by step, and write your final answer as {answer_hint}. If {other} points out a mistake, fix it and give your answer again.{rules}"""
 
 CRITIC_PROMPT = """You are {name}. {other} is solving the problem below and you check the work.
 
 Problem: {question}
 
-Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself. Do not give the answer. """ + CONCISE_RULE
+Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself.{critic_rule}{rules}"""
+
+CRITIC_RULES = {True: " Do not give the answer.",   # the reference's critic (prompt_template.py: "you should not provide the answer")
+                False: " If the solution is right, confirm its final answer by writing it as {answer_hint}."}
 
 ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}", "line": "Answer: <answer>"}
 ANSWER_EXAMPLES = {"tag": "<A>cat</A>", "boxed": "\\boxed{cat}", "line": "Answer: cat"}
@@ -86,11 +89,14 @@ def system_prompt(inst: Instance, name: str, variant: int = 0) -> str:
     spec = TASK_SPECS[inst.task]
     other = other_agent(name)
     hint = ANSWER_HINTS[spec.answer_format]
+    rules = " " + CONCISE_RULE.format(name=name) if spec.prompt_rules else ""
     if spec.family == "ie":
-        base = IE_PROMPT.format(name=name, other=other, question=inst.question, context=inst.contexts.get(name, "(none)"),
-                                example_answer=ANSWER_EXAMPLES[spec.answer_format])
+        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"), rules=rules,
+                                reply_name=f"{name}: " if spec.prompt_rules else "", example_answer=ANSWER_EXAMPLES[spec.answer_format])
     else:
-        base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint)
+        critic_rule = CRITIC_RULES[spec.prompt_rules].format(answer_hint=hint)
+        base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint,
+                                                                            rules=rules, critic_rule=critic_rule)
     return base + prompt_variants()[variant]
 
 # %% ../nbs/05_conversation.ipynb #3cadc292
