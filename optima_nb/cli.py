@@ -10,14 +10,56 @@ from .config import atomic_write_json
 from .models import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['cmd_bench_generate', 'cmd_bench_rollout', 'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run',
-           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+__all__ = ['check_out', 'check_model', 'check_run_inputs', 'check_scoreflow_inputs', 'cmd_bench_generate', 'cmd_bench_rollout',
+           'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run', 'cmd_report',
+           'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+
+# %% ../nbs/90_cli.ipynb #5da1ea9f
+def check_out(out: Path, flag: str = "--out"):
+    "Refuse an output folder that is an existing file."
+    from optima_nb.config import ConfigError
+    if out.exists() and not out.is_dir(): raise ConfigError(f"{out}: {flag} is a file, not a folder")
+
+def check_model(name: str, where: str, backend: str = "hf"):
+    "Refuse a model that is not an embedded name, a .gguf file or an HF folder (`where`: file.key for the message); nothing is loaded."
+    from optima_nb.config import ConfigError
+    from optima_nb.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_gguf_path, resolve_model_path
+    path = Path(name).expanduser()
+    if backend != "hf" and not (path.exists() or name.startswith(("/", ".", "~"))): return   # vllm may serve a hub id
+    try:
+        if name in EMBEDDED_MODELS: embedded_gguf_path(name)
+        elif not (path.is_file() and path.suffix == ".gguf"): resolve_model_path(name)
+    except ModelNotFoundError as e: raise ConfigError(f"{where}: {e}") from None
+
+def check_run_inputs(cfg, config_path: Path, out: Path | None = None):
+    "Check an Optima run's `--out`, model and task data before its run directory exists."
+    from optima_nb.config import ConfigError
+    from optima_nb.training import load_splits
+    if out is not None: check_out(out)
+    check_model(cfg.model.name, f"{config_path}.model.name", cfg.model.backend)
+    try: load_splits(cfg.task)
+    except FileNotFoundError as e: raise ConfigError(f"{config_path}.task.path: {e}") from None
+    except ConfigError as e: raise ConfigError(f"{config_path}: {e}") from None
+
+def check_scoreflow_inputs(cfg, config_path: Path, out: Path | None = None):
+    "Check a ScoreFlow run's `--out`, generator and executor models and validation data before its run directory exists."
+    from optima_nb.config import ConfigError
+    from optima_nb.scoreflow import load_split
+    if out is not None: check_out(out)
+    check_model(cfg.generator.model, f"{config_path}.generator.model", cfg.generator.backend)
+    if cfg.executor.kind == "hf": check_model(cfg.executor.model, f"{config_path}.executor.model")
+    try: load_split(cfg, "validate")
+    except FileNotFoundError as e: raise ConfigError(f"{config_path}.data_path: {e}") from None
 
 # %% ../nbs/90_cli.ipynb #41dd7a9f
 def cmd_bench_generate(args) -> dict:
     "Run the generation batching benchmark, print a table, optionally write JSON."
-    from optima_nb.backends import bench_generate
-    res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens)
+    from contextlib import ExitStack
+    from optima_nb.backends import VLLMBackend, bench_generate
+    with ExitStack() as stack:
+        engines = {"vllm": stack.enter_context(VLLMBackend(args.model, dtype="float32"))} if args.backend == "vllm" else None
+        res = bench_generate(args.model, n_prompts=args.n_prompts, batch_sizes=args.batch_sizes, max_new_tokens=args.max_new_tokens,
+                             engines=engines)
     print(f"model {res['model']}  prompts {res['n_prompts']}  max_new_tokens {res['max_new_tokens']}  threads {res['torch_threads']}")
     print(f"{'batch':>6} {'tokens':>7} {'seconds':>8} {'tok/s':>8}")
     for r in res["results"]: print(f"{r['batch_size']:>6} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tokens_per_s']:>8.2f}")
@@ -34,10 +76,11 @@ def _conversation_setup(args):
     return backend, ConversationConfig(max_turns=args.max_turns, max_message_tokens=args.max_message_tokens)
 
 def cmd_bench_rollout(args) -> dict:
-    "Run the rollout lockstep benchmark, print it, optionally write JSON."
+    "Run the rollout lockstep benchmark (HF alone, or HF vs vLLM), print it, optionally write JSON."
     from optima_nb.conversation import bench_rollout
     from optima_nb.synthetic import make_synthetic
     backend, cfg = _conversation_setup(args)
+    if args.backend == "vllm": return _bench_rollout_vllm(args, backend, cfg)
     res = bench_rollout(backend, make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
     res["model"] = str(args.model)
     print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
@@ -46,6 +89,21 @@ def cmd_bench_rollout(args) -> dict:
     if "lockstep_no_cache_s" in res:
         print(f"lockstep without the prefix cache {res['lockstep_no_cache_s']:.1f} s   the cache's speedup "
               f"{res['prefix_cache_speedup']:.2f}x   identical: {res['identical_without_cache']}")
+    if args.json: atomic_write_json(args.json, res)
+    return res
+
+def _bench_rollout_vllm(args, hf, cfg) -> dict:
+    "One-at-a-time HF vs lockstep HF vs lockstep vLLM (fp32, so greedy transcripts can be identical)."
+    from optima_nb.backends import VLLMBackend
+    from optima_nb.conversation import bench_engines
+    from optima_nb.synthetic import make_synthetic
+    with VLLMBackend(args.model, dtype="float32", seed=args.seed) as vllm:
+        res = bench_engines(hf, vllm, make_synthetic(args.conversations, difficulty=args.difficulty, seed=args.seed), cfg, seed=args.seed)
+    res.update(model=str(args.model), engine="vllm")
+    print(f"model {res['model']}  conversations {res['conversations']}  turns {res['turns']}  tokens {res['tokens']}")
+    print(f"HF one at a time {res['hf_sequential_s']:.1f} s   HF lockstep {res['hf_lockstep_s']:.1f} s   vLLM lockstep {res['other_lockstep_s']:.1f} s")
+    print(f"speedup {res['speedup']:.2f}x (vLLM lockstep over HF one at a time), {res['speedup_over_hf_lockstep']:.2f}x over HF lockstep   "
+          f"identical transcripts: {res['identical']} ({res['turns_differing']} turns differ)")
     if args.json: atomic_write_json(args.json, res)
     return res
 
@@ -99,6 +157,7 @@ def cmd_run(args) -> list[dict]:
     from optima_nb.report import analyse_run
     from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
     cfg = load_run_config(args.config, args.set)
+    check_run_inputs(cfg, args.config, args.out)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
     run.run()
     analyse_run(run)
@@ -132,11 +191,15 @@ def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
 def cmd_eval(args) -> dict:
     "Evaluate a checkpoint on a config's held-out split."
     from optima_nb.evaluation import evaluate_checkpoint
-    from optima_nb.training import load_run_config, load_splits
+    from optima_nb.training import load_run_config, load_splits, make_backend, release_backend
     cfg = load_run_config(args.config)
+    check_run_inputs(cfg, args.config, args.out)
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
-    summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
-                                  n_samples=args.samples, temperature=args.temperature, progress=not args.quiet)
+    backend = make_backend(cfg.model, model, adapter)   # the config's backend, device and dtype (vLLM, bf16 on a GPU, ...)
+    try:
+        summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
+                                      n_samples=args.samples, temperature=args.temperature, progress=not args.quiet, backend=backend)
+    finally: release_backend(backend)
     print(f"score {summary['score']:.3f}  tokens {summary['tokens']:.1f}  n {summary['n']}  answered {summary['n_answered']}  -> {args.out}")
     return summary
 
@@ -162,6 +225,9 @@ def cmd_scoreflow(args):
     from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, load_scoreflow_config, run_scoreflow
     cfg = load_scoreflow_config(args.config)
     baselines = _baseline_config(args)
+    check_scoreflow_inputs(cfg, args.config, args.out)
+    from optima_nb.training import RunDir
+    held = RunDir(args.out).lock()      # held until we return: the baselines (and the ablation's runs) write into it too
     if args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
     else:
         result = run_scoreflow(cfg, args.out, progress=not args.quiet)
@@ -174,6 +240,7 @@ def cmd_scoreflow(args):
             run_dir = args.out / "score-dpo"
         run_workflow_baselines(run_cfg, run_dir, baselines=baselines, progress=not args.quiet)
         for split in baselines.splits: print(f"{split} split\n{scoreflow_table(run_dir, split)}")
+    held.unlock()
     return result
 
 # %% ../nbs/90_cli.ipynb #845d2014
@@ -203,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-prompts", type=int, default=32)
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="vllm: also time vLLM (fp32) on the same prompts")
     r = _add_rollout_args(_bench_parser(bench, "rollout", "lockstep vs one-at-a-time two-agent rollouts", cmd_bench_rollout))
     r.add_argument("--conversations", type=int, default=32)
     r.add_argument("--difficulty", type=int, default=1)
+    r.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="vllm: HF one at a time vs HF lockstep vs vLLM lockstep")
     c = _add_rollout_args(_bench_parser(bench, "calibrate", "greedy score and pass@k of the untrained system per synthetic difficulty",
                                         cmd_bench_calibrate))
     c.add_argument("--config", type=Path, help="take the model and conversation settings (and level) from this run config")

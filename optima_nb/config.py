@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_config.ipynb #0345c19f
 from __future__ import annotations
-import dataclasses, json, os, tempfile, types, typing
+import dataclasses, json, os, re, tempfile, types, typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'DataError', 'iter_jsonl', 'read_jsonl', 'ConfigError',
-           'from_dict', 'load_config', 'to_dict', 'save_config']
+__all__ = ['atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'DataError', 'utf8_lines', 'read_utf8', 'iter_jsonl',
+           'read_jsonl', 'ConfigError', 'FieldError', 'check_bounds', 'from_dict', 'read_config_yaml', 'load_config',
+           'to_dict', 'save_config', 'config_diff']
 
 # %% ../nbs/00_config.ipynb #a67a14af
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -43,14 +44,31 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
 class DataError(ValueError):
     "A data file holds a record we cannot use; the message names file and line."
 
+def _not_utf8(path, line: int, e: UnicodeDecodeError, raw: bytes) -> DataError:
+    "The `DataError` for bytes that are not UTF-8, naming file, line and the first bad byte."
+    return DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8")
+
+def utf8_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    "Yield `(line_number, text)` of a UTF-8 file (a leading BOM dropped, line ends kept); bad bytes raise `DataError` naming the line."
+    path = Path(path)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try: yield i, raw.decode("utf-8-sig" if i == 1 else "utf-8")
+            except UnicodeDecodeError as e: raise _not_utf8(path, i, e, raw) from None
+
+def read_utf8(path: str | os.PathLike) -> str:
+    "The text of a UTF-8 file (a leading BOM dropped); bad bytes raise `DataError` naming the line."
+    raw = Path(path).read_bytes()
+    try: return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e: raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, e, raw) from None
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     "Yield `(line_number, record)` for each non-empty line of a JSONL file."
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: yield i, json.loads(line)
-            except json.JSONDecodeError as e: raise DataError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+    for i, line in utf8_lines(path):
+        if not line.strip(): continue
+        try: yield i, json.loads(line)
+        except json.JSONDecodeError as e: raise DataError(f"{path}:{i}: malformed JSON ({e.msg})") from None
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
     "All records of a JSONL file."
@@ -59,6 +77,21 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
 # %% ../nbs/00_config.ipynb #70b5bc19
 class ConfigError(ValueError):
     "A config is invalid; the message names the file and the key."
+
+class FieldError(ValueError):
+    "A config field holds a value outside its range; `from_dict` prefixes the file and section to `key`."
+    def __init__(self, key: str, msg: str): super().__init__(f"{key}: {msg}"); self.key, self.msg = key, msg
+
+_BOUND_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+
+def check_bounds(obj, prefix: str = "", **rules: str):
+    "Raise `FieldError` for the first field of `obj` outside its bounds, e.g. `check_bounds(cfg, n=\">= 1\", p=\"> 0, <= 1\")`; None passes."
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if value is None: continue
+        for cond in rule.split(","):
+            op, bound = cond.split()
+            if not _BOUND_OPS[op](value, float(bound)): raise FieldError(prefix + name, f"must be {rule}, got {value!r}")
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -91,6 +124,8 @@ def _coerce(tp, value, where: str):
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
+    if tp is float and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)   # YAML 1.1 reads `1e-4` (no dot) as a string
     if tp is Path and isinstance(value, str): return Path(value)
     if isinstance(tp, type) and not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -110,16 +145,25 @@ def from_dict(cls, data: dict, where: str = "config"):
     if missing: raise ConfigError(f"{where}: missing required key '{missing[0]}'")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     try: return cls(**kwargs)
+    except FieldError as e: raise ConfigError(f"{where}.{e.key}: {e.msg}") from None
     except (TypeError, ValueError) as e: raise ConfigError(f"{where}: {e}") from None
 
 # %% ../nbs/00_config.ipynb #71f1a94f
-def load_config(cls, path: str | os.PathLike):
-    "Load YAML file `path` into dataclass `cls`; errors name the file and key."
+def read_config_yaml(path: str | os.PathLike) -> dict:
+    "The mapping in YAML config file `path`; a missing file, a folder, non-UTF-8 bytes, bad YAML or an empty file raise `ConfigError`."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"{path}: config file not found")
-    try: data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    return from_dict(cls, data, str(path))
+    if not path.is_file(): raise ConfigError(f"{path}: is a folder, not a config file")
+    try: data = yaml.safe_load(read_utf8(path))
+    except DataError as e: raise ConfigError(str(e)) from None
+    except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    if data is None: raise ConfigError(f"{path}: the config is empty; write {{}} to use every default")
+    if not isinstance(data, dict): raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+def load_config(cls, path: str | os.PathLike):
+    "Load YAML file `path` into dataclass `cls`; errors name the file and key."
+    return from_dict(cls, read_config_yaml(path), str(path))
 
 def to_dict(cfg) -> dict:
     "Plain-data view of a config dataclass (paths become strings, tuples lists)."
@@ -133,3 +177,9 @@ def to_dict(cfg) -> dict:
 def save_config(cfg, path: str | os.PathLike) -> Path:
     "Write `cfg` as YAML, atomically."
     return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+def config_diff(old, new, prefix: str = "") -> list[str]:
+    "Dotted key paths where two plain config mappings differ."
+    if not (isinstance(old, dict) and isinstance(new, dict)): return [] if old == new else [prefix.rstrip(".") or "(root)"]
+    return [d for k in sorted(set(old) | set(new), key=str) for d in
+            (config_diff(old.get(k), new.get(k), f"{prefix}{k}.") if k in old and k in new else [f"{prefix}{k}"])]

@@ -15,7 +15,7 @@ from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_a
 __all__ = ['CONCISE_RULE', 'IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'CRITIC_RULES', 'ANSWER_HINTS', 'ANSWER_EXAMPLES',
            'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view',
            'clean_message', 'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout',
-           'bench_rollout', 'measure_task']
+           'bench_rollout', 'bench_engines', 'measure_task']
 
 # %% ../nbs/05_conversation.ipynb #91bcbd20
 from .tasks import AGENTS
@@ -235,6 +235,20 @@ def bench_rollout(backend: Backend, instances: Sequence[Instance], cfg: Conversa
         res.update(lockstep_no_cache_s=round(t_plain, 2), prefix_cache_speedup=round(t_plain / t_lock, 2),
                    identical_without_cache=plain == lock)
     return res
+
+# %% ../nbs/05_conversation.ipynb #0c511483
+def bench_engines(hf: Backend, other: Backend, instances: Sequence[Instance], cfg: ConversationConfig, seed: int = 0) -> dict:
+    "One-at-a-time HF vs lockstep HF vs lockstep `other` on the same greedy conversations: seconds, speedups, identical?"
+    greedy = dataclasses.replace(cfg, temperature=0.0)
+    alone, t_alone = _timed_rollout(instances, hf, greedy, seed, lockstep=False)
+    hf_lock, t_hf = _timed_rollout(instances, hf, greedy, seed, lockstep=True)
+    _timed_rollout(instances[:1], other, greedy, seed, lockstep=True)   # warm-up (first-call allocations)
+    lock, t_other = _timed_rollout(instances, other, greedy, seed, lockstep=True)
+    return {"conversations": len(instances), "max_turns": cfg.max_turns, "max_message_tokens": cfg.max_message_tokens,
+            "tokens": sum(r["n_tokens"] for r in lock), "turns": sum(len(r["turns"]) for r in lock),
+            "hf_sequential_s": round(t_alone, 2), "hf_lockstep_s": round(t_hf, 2), "other_lockstep_s": round(t_other, 2),
+            "speedup": round(t_alone / t_other, 2), "speedup_over_hf_lockstep": round(t_hf / t_other, 2),
+            "identical": alone == hf_lock == lock, "turns_differing": sum(a != b for r, s in zip(alone, lock) for a, b in zip(r["turns"], s["turns"]))}
 
 # %% ../nbs/05_conversation.ipynb #05ec89c0
 def measure_task(backend: Backend, instances: Sequence[Instance], cfg: ConversationConfig, n_samples: int = 8,

@@ -227,10 +227,10 @@ def run_baselines(instances: Sequence[Instance], backend: Backend, methods: Sequ
 # %% ../nbs/13_evaluation.ipynb #dc2dd6a6
 def evaluate_checkpoint(model_path_or_name, adapter, instances: Sequence[Instance], conv_cfg: ConversationConfig, out_dir: str | Path,
                         seed: int = 0, n_samples: int = 1, temperature: float = 0.0, tokenizer=None, method: str = "optima",
-                        progress: bool = False) -> dict:
+                        progress: bool = False, backend: Backend | None = None) -> dict:
     "Two-agent evaluation of a model (+ adapter): write trajectories, results and summary to `out_dir`; return the summary."
     if not instances: raise ValueError("evaluate_checkpoint: no instances to evaluate")
-    backend = HFBackend.from_pretrained(model_path_or_name, adapter=adapter)
+    if backend is None: backend = HFBackend.from_pretrained(model_path_or_name, adapter=adapter)   # else: one serving this checkpoint
     cfg = dataclasses.replace(conv_cfg, temperature=temperature)
     records = rollout(instances, backend, cfg, n_samples=n_samples, variants=0, seed=seed, progress=progress)
     results = evaluate_records(records, instances, tokenizer, method=method)

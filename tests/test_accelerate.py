@@ -61,3 +61,19 @@ def test_sft_on_two_cpu_processes(tmp_path):
     ids = torch.tensor([examples[0]["input_ids"]])
     with torch.no_grad():
         assert not torch.allclose(trained(ids).logits, tiny(ids).logits)
+
+
+@pytest.mark.timeout(600)
+def test_full_dpo_on_two_cpu_processes_through_the_launcher(tmp_path):
+    "Full-fine-tuning DPO (reference log-probs precomputed, shared by both processes) via `run_training` + accelerate."
+    from optima_nb.losses import LauncherConfig, run_training
+    tiny, _ = tiny_random_model(save_to=tmp_path / "tiny")
+    pairs = [{"prompt": [{"role": "user", "content": "Where does Lena live?"}], "chosen": "Oslo.", "rejected": "No idea, sorry."}] * 4
+    cfg = TrainConfig(lora=False, max_steps=2, per_device_batch_size=1, logging_steps=1, learning_rate=1e-3, warmup_ratio=0.0)
+    out = run_training("dpo", tmp_path / "tiny", pairs, cfg, tmp_path / "model", launcher=LauncherConfig("accelerate", num_processes=2))
+    log = (tmp_path / "model.inputs" / "train.log").read_text()
+    assert "trained dpo on 2 process(es), backend gloo" in log, log[-3000:]
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+    assert not (tmp_path / "model.tmp.data").exists() and not (tmp_path / "model.tmp").exists()
+    trained, _ = load_model(out)
+    assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), tiny.state_dict().values()))

