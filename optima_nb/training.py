@@ -80,7 +80,7 @@ class SelectionConfig:
     epsilon: float = 0.5
     skip_top_fraction: float = 0.0    # MATH in the reference: 0.1 (the 10%-80% slice, dataloader.py:646-657)
 
-    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1")   # epsilon is a reward floor: any value
+    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1", skip_top_fraction=">= 0, < 1")   # epsilon: any value
 
 @dataclass
 class EvalConfig:
@@ -131,7 +131,6 @@ class RunConfig:
                      short_max_tokens=">= 0", long_total_tokens=">= 1", both_penalty=">= 0", loss_floor=">= 0")
         check_bounds(self.mcts, "mcts.", temperature=">= 0", diversity_threshold=">= 0, <= 1", merge_threshold=">= 0, <= 1",
                      calibration_instances=">= 1", calibration_temperature=">= 0")
-        check_bounds(self.selection, "selection.", top_fraction="> 0, <= 1", skip_top_fraction=">= 0, < 1")
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
