@@ -12,10 +12,10 @@ from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
 
 # %% auto #0
-__all__ = ['IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'ANSWER_HINTS', 'ANSWER_EXAMPLES', 'FORMAT_EXAMPLES',
-           'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view', 'clean_message',
-           'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout', 'bench_rollout',
-           'bench_engines', 'measure_task']
+__all__ = ['CONCISE_RULE', 'IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'CRITIC_RULES', 'ANSWER_HINTS', 'ANSWER_EXAMPLES',
+           'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view',
+           'clean_message', 'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout',
+           'bench_rollout', 'bench_engines', 'measure_task']
 
 # %% ../nbs/05_conversation.ipynb #91bcbd20
 from .tasks import AGENTS
@@ -28,16 +28,19 @@ class ConversationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     stop_at_other_speaker: bool = False  # cut a message where it starts writing the other agent's line
+    end_at_token_cap: bool = False       # a message that reaches max_message_tokens ends the conversation (reference: True)
 
 def other_agent(name: str) -> str:
     "The agent who is not `name`."
     return AGENTS[1 - AGENTS.index(name)]
 
 # %% ../nbs/05_conversation.ipynb #3fee600f
-IE_PROMPT = """Read your facts and answer the question with {other}; {other} has other facts. Example:
+CONCISE_RULE = 'Be very concise: every token costs. Begin your reply with "{name}:".'
+
+IE_PROMPT = """Read your facts and answer the question with {other}; {other} has other facts.{rules} Example:
 Facts: Mira's pet is a cat.
 Question: What is Mira's pet?
-Reply: Mira's pet is a cat. {example_answer}
+Reply: {reply_name}Mira's pet is a cat. {example_answer}
 
 Facts: {context}
 Question: {question}"""
@@ -46,13 +49,16 @@ SOLVER_PROMPT = """You are {name}. You solve the problem below while {other} che
 
 Problem: {question}
 
-Reason briefly, step by step, and write your final answer as {answer_hint}. If {other} points out a mistake, fix it and give your answer again."""
+Reason briefly, step by step, and write your final answer as {answer_hint}. If {other} points out a mistake, fix it and give your answer again.{rules}"""
 
 CRITIC_PROMPT = """You are {name}. {other} is solving the problem below and you check the work.
 
 Problem: {question}
 
-Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself. If the solution is right, confirm its final answer by writing it as {answer_hint}."""
+Point out any mistake in {other}'s latest solution in a few words, without solving the problem yourself.{critic_rule}{rules}"""
+
+CRITIC_RULES = {True: " Do not give the answer.",   # the reference's critic (prompt_template.py: "you should not provide the answer")
+                False: " If the solution is right, confirm its final answer by writing it as {answer_hint}."}
 
 ANSWER_HINTS = {"tag": "<A>answer</A>", "boxed": "\\boxed{answer}", "line": "Answer: <answer>"}
 ANSWER_EXAMPLES = {"tag": "<A>cat</A>", "boxed": "\\boxed{cat}", "line": "Answer: cat"}
@@ -83,11 +89,14 @@ def system_prompt(inst: Instance, name: str, variant: int = 0) -> str:
     spec = TASK_SPECS[inst.task]
     other = other_agent(name)
     hint = ANSWER_HINTS[spec.answer_format]
+    rules = " " + CONCISE_RULE.format(name=name) if spec.prompt_rules else ""
     if spec.family == "ie":
-        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"),
-                                example_answer=ANSWER_EXAMPLES[spec.answer_format])
+        base = IE_PROMPT.format(other=other, question=inst.question, context=inst.contexts.get(name, "(none)"), rules=rules,
+                                reply_name=f"{name}: " if spec.prompt_rules else "", example_answer=ANSWER_EXAMPLES[spec.answer_format])
     else:
-        base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint)
+        critic_rule = CRITIC_RULES[spec.prompt_rules].format(answer_hint=hint)
+        base = (SOLVER_PROMPT if name == "Alice" else CRITIC_PROMPT).format(name=name, other=other, question=inst.question, answer_hint=hint,
+                                                                            rules=rules, critic_rule=critic_rule)
     return base + prompt_variants()[variant]
 
 # %% ../nbs/05_conversation.ipynb #3cadc292
@@ -142,10 +151,14 @@ class Conversation:
         v = self.variant if prompt_variant is None else prompt_variant
         return agent_view(system_prompt(self.instance, self.speaker, v), self.turns, self.speaker)
 
-    def add_turn(self, text: str, n_tokens: int, finish_reason: str, max_turns: int) -> None:
-        "Append the next speaker's message, parse its answer and apply the stopping rule."
+    def add_turn(self, text: str, n_tokens: int, finish_reason: str, max_turns: int, end_at_token_cap: bool = False) -> None:
+        "Append the next speaker's message, parse its answer and apply the stopping rules."
         name, previous = self.speaker, (self.answers or [None])[-1]
         msg = clean_message(text, name)
+        if end_at_token_cap and finish_reason == "length":  # the reference drops the answer of such a message and stops
+            self.turns.append({"speaker": name, "text": msg, "n_tokens": n_tokens, "finish_reason": finish_reason, "answer": None})
+            self.stop_reason = "token_cap"
+            return
         answer = parse_answer(msg, self.spec)
         self.turns.append({"speaker": name, "text": msg, "n_tokens": n_tokens, "finish_reason": finish_reason, "answer": answer})
         if same_answer(answer, previous, self.spec): self.stop_reason = "agreed"
@@ -187,7 +200,7 @@ def play(convs: Sequence[Conversation], backend: Backend, cfg: ConversationConfi
         params = GenerationParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_message_tokens,
                                   stop=[f"\n{a}:" for a in AGENTS] if cfg.stop_at_other_speaker else [], seed=seed * 1000 + turn)
         outs = backend.generate([c.view() for c in live], params)
-        for c, out in zip(live, outs): c.add_turn(out[0].text, out[0].n_tokens, out[0].finish_reason, cfg.max_turns)
+        for c, out in zip(live, outs): c.add_turn(out[0].text, out[0].n_tokens, out[0].finish_reason, cfg.max_turns, cfg.end_at_token_cap)
         bar.update(1)
     bar.close()
     return list(convs)

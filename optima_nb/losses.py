@@ -29,9 +29,9 @@ __all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_
            'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config',
            'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer',
            'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer',
-           'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset', 'build_dpo_trainer',
-           'train_dpo', 'train_from_files', 'exit_with_driver', 'main', 'LauncherConfig', 'free_port', 'launch_command',
-           'run_training']
+           'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset', 'use_base_reference',
+           'build_dpo_trainer', 'train_dpo', 'train_from_files', 'exit_with_driver', 'main', 'LauncherConfig',
+           'free_port', 'launch_command', 'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -112,6 +112,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 mixed precision on a GPU that has it, else fp32
+    reference: Literal["init", "base"] = "init"   # DPO reference: the stage's starting policy, or the base model (LoRA: adapter off)
     seed: int = 0
     logging_steps: int = 10
 
@@ -120,6 +121,7 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1: raise FieldError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1: raise FieldError("pairs_per_epoch", "must be >= 1 or null")
         if self.max_steps == 0 or self.max_steps < -1: raise FieldError("max_steps", f"must be > 0, or -1 to train num_epochs, got {self.max_steps}")
+        if self.reference == "base" and not self.lora: raise FieldError("reference", "'base' needs lora: true (the adapter is disabled for the reference)")
         check_bounds(self, lora_r=">= 1", lora_alpha="> 0", lora_dropout=">= 0, < 1", learning_rate="> 0", num_epochs="> 0",
                      per_device_batch_size=">= 1", grad_accum=">= 1", max_length=">= 1", beta="> 0", rpo_alpha=">= 0",
                      score_d_power=">= 0", logging_steps=">= 1")
@@ -334,6 +336,12 @@ def shared_dataset(rows: Sequence[dict], folder: Path) -> Dataset:
             Dataset.from_list(list(rows)).save_to_disk(str(folder))
     return Dataset.load_from_disk(str(folder))
 
+def use_base_reference(trainer) -> None:
+    "Make a LoRA DPO trainer's reference the base model: drop TRL's frozen copy of the init adapter, so the adapter is disabled."
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not isinstance(model, PeftModel): raise ValueError("a base reference needs a LoRA (PEFT) model")
+    if "ref" in model.peft_config: model.delete_adapter("ref")
+
 def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict], cfg: TrainConfig, output_dir: Path,
                       init_adapter: str | os.PathLike | None = None) -> DPOTrainer:
     "A `DPOTrainer` (sigmoid / RPO) or `ScoreDPOTrainer` (score) over preference pairs."
@@ -354,6 +362,7 @@ def build_dpo_trainer(base_model_path: str | os.PathLike, pairs: Sequence[dict],
     dataset = shared_dataset(rows, data_folder(output_dir)) if args.precompute_ref_log_probs else Dataset.from_list(rows)
     trainer = trainer_cls(model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok,
                           peft_config=peft_config)
+    if cfg.reference == "base": use_base_reference(trainer)
     kept = len(trainer.train_dataset)
     if kept == 0: raise ValueError(f"TRL dropped all {len(rows)} pairs (prompt alone >= max_length={cfg.max_length}): raise max_length")
     if kept < len(rows): log.warning("TRL dropped %d of %d pairs whose prompt alone reaches max_length=%d", len(rows) - kept, len(rows), cfg.max_length)

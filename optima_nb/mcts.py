@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, dataclasses, math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 from tqdm.auto import tqdm
@@ -17,9 +17,9 @@ from .tasks import AGENTS, TASK_SPECS, Instance, TaskSpec
 
 # %% auto #0
 __all__ = ['RewardFn', 'MCTSConfig', 'normalized_distance', 'Node', 'Tree', 'prefix_finished', 'is_expandable',
-           'select_candidates', 'softmax_sample', 'select_node', 'rollout_conversations', 'rollout_settings',
-           'run_round', 'build_trees', 'value_score', 'sibling_pair', 'keep_count', 'extract_pairs', 'tree_to_dict',
-           'tree_from_dict']
+           'is_reference_candidate', 'select_candidates', 'softmax_sample', 'select_node', 'rollout_conversations',
+           'rollout_settings', 'run_round', 'build_trees', 'value_score', 'sibling_pair', 'keep_count', 'extract_pairs',
+           'tree_to_dict', 'tree_from_dict']
 
 # %% ../nbs/07_mcts.ipynb #1053c7af
 @dataclass
@@ -29,16 +29,20 @@ class MCTSConfig:
     rollouts_per_expansion: int = 3    # conversations played to the end from each selected node
     max_depth: int = 10                # turn cap of every rollout
     top_k: int = 10                    # candidates kept for the softmax draw
-    diversity_threshold: float = 0.25  # drop a candidate this close (normalised edit distance) to a kept one
+    selection: Literal["reference", "expandable"] = "reference"  # candidate rule (see Selection)
+    diversity_threshold: float = 0.25  # reference: drop for good a candidate this close to a selected node; expandable: to a kept one
     merge_threshold: float = 0.1       # a new turn this close to a sibling is merged into it
     temperature: float = 0.7           # sampling temperature of the rollouts
-    min_chosen_value: float = 0.45     # a pair's chosen value must exceed this
+    min_chosen_value: float = 0.4      # a pair's chosen value must exceed this (reference: 0.4 QA, 0.4-0.5 debate)
     min_gap: float = 0.2               # ... and exceed the rejected value by more than this
-    keep_top_fraction: float = 0.5     # per instance, keep this fraction of pairs (ceil, by chosen value)
+    keep_top_fraction: float = 0.5     # per instance, keep floor(n * this) pairs by chosen value ...
+    keep_all_below: float = 0.7        # ... unless floor(n * this) < 1: then all n (monte_carlo_deploy.py:244-245)
     softmax_temperature: float = 1.0   # selection draws with softmax(value / softmax_temperature)
     score_low: float = 0.0             # value mapped to score 0 (below: clipped)
     score_high: float = 1.0            # value mapped to score 1 (above: clipped)
     seed: int = 0
+    calibration_instances: int = 100   # train instances the current policy talks through (one sample each) to set the token
+    calibration_temperature: float = 0.7  # ... normaliser of the iteration (train/dpo.py:167-205, sft_dpo.py:285-314)
 
     def __post_init__(self):
         if self.n_rounds < 0 or self.rollouts_per_expansion < 1 or self.top_k < 1:
@@ -82,6 +86,8 @@ class Tree:
     variant: int = 0
     nodes: list[Node] = field(default_factory=lambda: [Node(0)])
     rollouts: list[dict] = field(default_factory=list)
+    selected: list[int] = field(default_factory=list)  # nodes selected for expansion, in order
+    dropped: list[int] = field(default_factory=list)   # candidates dropped for good (too close to a selected node)
 
     @property
     def root(self) -> Node: return self.nodes[0]
@@ -148,8 +154,20 @@ def is_expandable(tree: Tree, node_id: int, cfg: MCTSConfig) -> bool:
     if node.parent is None: return True
     return node.depth + 2 <= cfg.max_depth and node.ends == 0 and not prefix_finished(tree.prefix(node_id), tree.spec)
 
+def is_reference_candidate(tree: Tree, node_id: int) -> bool:
+    "Root, or a node whose first child has children (the reference's candidate rule)."
+    node = tree.nodes[node_id]
+    return node.parent is None or (bool(node.children) and bool(tree.nodes[node.children[0]].children))
+
 def select_candidates(tree: Tree, cfg: MCTSConfig) -> list[Node]:
-    "Expandable nodes by value (best first), dropping near-duplicates of kept ones, at most `top_k`."
+    "Candidates by value (best first), at most `top_k`; the reference rule drops near copies of selected nodes for good."
+    if cfg.selection == "reference":
+        dropped = set(tree.dropped)
+        pool = [n for n in tree.nodes if n.id not in dropped and is_reference_candidate(tree, n.id)]
+        for n in pool:
+            if any(normalized_distance(n.text, tree.nodes[s].text) < cfg.diversity_threshold for s in tree.selected):
+                tree.dropped.append(n.id); dropped.add(n.id)
+        return sorted((n for n in pool if n.id not in dropped), key=lambda n: (-n.value, n.id))[:cfg.top_k]
     pool = sorted((n for n in tree.nodes if is_expandable(tree, n.id, cfg)), key=lambda n: (-n.value, n.id))
     kept: list[Node] = []
     for node in pool:
@@ -164,9 +182,11 @@ def softmax_sample(values: Sequence[float], temperature: float, rng: np.random.G
     return int(rng.choice(len(p), p=p / p.sum()))
 
 def select_node(tree: Tree, cfg: MCTSConfig, rng: np.random.Generator) -> int:
-    "Id of the node to expand next."
+    "Id of the node to expand next (recorded in `tree.selected`; the root when no candidate is left)."
     candidates = select_candidates(tree, cfg)
-    return candidates[softmax_sample([n.value for n in candidates], cfg.softmax_temperature, rng)].id
+    node_id = candidates[softmax_sample([n.value for n in candidates], cfg.softmax_temperature, rng)].id if candidates else 0
+    tree.selected.append(node_id)
+    return node_id
 
 # %% ../nbs/07_mcts.ipynb #ab370c57
 RewardFn = Callable[[list[dict]], list[float]]
@@ -179,8 +199,8 @@ def rollout_conversations(trees: Sequence[Tree], selected: Sequence[int], cfg: M
                               prefixes=prefixes)
 
 def rollout_settings(conv_cfg: ConversationConfig, cfg: MCTSConfig) -> ConversationConfig:
-    "The conversation settings of the rollouts: the turn cap and temperature come from `cfg`."
-    return dataclasses.replace(conv_cfg, max_turns=cfg.max_depth, temperature=cfg.temperature)
+    "The conversation settings of the rollouts: the turn cap and temperature come from `cfg`; a message at the token cap goes on."
+    return dataclasses.replace(conv_cfg, max_turns=cfg.max_depth, temperature=cfg.temperature, end_at_token_cap=False)
 
 def run_round(trees: Sequence[Tree], backend: Backend, conv_cfg: ConversationConfig, cfg: MCTSConfig,
               reward_fn: RewardFn, round_index: int) -> list[dict]:
@@ -223,29 +243,33 @@ def sibling_pair(tree: Tree, node_id: int, cfg: MCTSConfig) -> dict | None:
             "chosen": chosen.text, "rejected": rejected.text, "chosen_value": chosen.value, "rejected_value": rejected.value,
             "chosen_score": value_score(chosen.value, cfg), "rejected_score": value_score(rejected.value, cfg)}
 
-def keep_count(n: int, fraction: float) -> int:
-    "How many of `n` pairs to keep: ceil(n * fraction), at least one if any."
-    return min(n, max(1, math.ceil(n * fraction))) if n else 0
+def keep_count(n: int, fraction: float, all_below: float = 0.7) -> int:
+    "How many of `n` pairs to keep: floor(n * fraction), or all `n` when floor(n * all_below) < 1 (the reference)."
+    return n if int(n * all_below) < 1 else int(n * fraction)
 
 def extract_pairs(trees: Sequence[Tree], cfg: MCTSConfig) -> list[dict]:
     "Preference pairs from sibling turns, filtered, the top fraction per instance by chosen value."
     by_instance: dict[str, list[dict]] = {}
     for tree in trees:
+        skip = set(tree.dropped) - set(tree.selected) if cfg.selection == "reference" else set()
         for node in tree.nodes:
+            if node.id in skip: continue
             if (pair := sibling_pair(tree, node.id, cfg)) is not None: by_instance.setdefault(tree.instance.id, []).append(pair)
     out = []
     for pairs in by_instance.values():
         pairs.sort(key=lambda p: -p["chosen_value"])
-        out += pairs[:keep_count(len(pairs), cfg.keep_top_fraction)]
+        out += pairs[:keep_count(len(pairs), cfg.keep_top_fraction, cfg.keep_all_below)]
     return out
 
 # %% ../nbs/07_mcts.ipynb #92717fb8
 def tree_to_dict(tree: Tree) -> dict:
     "A JSON-ready copy of a tree: instance, variant, nodes and rollouts."
     return {"instance": tree.instance.to_dict(), "variant": tree.variant,
-            "nodes": [dataclasses.asdict(n) for n in tree.nodes], "rollouts": copy.deepcopy(tree.rollouts)}
+            "nodes": [dataclasses.asdict(n) for n in tree.nodes], "rollouts": copy.deepcopy(tree.rollouts),
+            "selected": list(tree.selected), "dropped": list(tree.dropped)}
 
 def tree_from_dict(d: dict) -> Tree:
     "Rebuild a tree from `tree_to_dict` output."
     d = copy.deepcopy(d)
-    return Tree(Instance.from_dict(d["instance"]), d["variant"], [Node(**n) for n in d["nodes"]], d["rollouts"])
+    return Tree(Instance.from_dict(d["instance"]), d["variant"], [Node(**n) for n in d["nodes"]], d["rollouts"],
+                d.get("selected", []), d.get("dropped", []))

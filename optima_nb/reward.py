@@ -9,77 +9,80 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 import numpy as np
 import torch
-from .conversation import AGENTS, other_agent
+from .conversation import AGENTS
+from .models import end_of_turn_token
 from .tasks import TASK_SPECS, Instance, score
 
 # %% auto #0
-__all__ = ['PAPER_LAMBDAS', 'RewardConfig', 'combine_reward', 'instance_max_normalizers', 'percentile_normalizer',
-           'speaks_for_both', 'guard_flags', 'ReadabilityScorer', 'reward_trajectory', 'reward_trajectories']
+__all__ = ['RewardConfig', 'combine_reward', 'instance_max_normalizers', 'percentile_normalizer', 'speaks_for_both',
+           'guard_flags', 'ReadabilityScorer', 'reward_trajectory', 'readability_texts', 'reward_trajectories']
 
 # %% ../nbs/06_reward.ipynb #11dada56
 @dataclass
 class RewardConfig:
-    "Weights, token normaliser and guards of the Optima reward."
+    "Weights, token normaliser and guards of the Optima reward (defaults: the reference code's values)."
     lambda_token: float = 0.6
     lambda_loss: float = 1.0
-    token_normalizer: Literal["instance_max", "percentile"] = "instance_max"
-    percentile: float = 85.0          # used with token_normalizer='percentile' (85 iDPO, 80 iSFT-DPO)
-    loss_floor: float = 0.5           # R_loss is clamped to at least this
-    cap_penalty: float = 0.5          # the conversation hit the turn cap, or a message hit the token cap
-    short_penalty: float = 0.5        # fewer than min_total_tokens generated in all
-    min_total_tokens: int = 4
-
-PAPER_LAMBDAS = {  # (lambda_token, lambda_loss) per task and method, from the paper
-    "hotpotqa": {"isft": (0.6, 1.0), "idpo": (0.6, 1.0)}, "2wmhqa": {"isft": (0.6, 1.0), "idpo": (0.6, 1.0)},
-    "triviaqa": {"isft": (0.6, 1.0), "idpo": (0.6, 1.0)}, "cbt": {"isft": (0.6, 1.0), "idpo": (0.6, 1.0)},
-    "gsm8k": {"isft": (0.4, 0.9), "idpo": (0.6, 0.7)}, "math": {"isft": (0.4, 0.8), "idpo": (0.5, 0.7)},
-    "arc": {"isft": (0.5, 0.6), "idpo": (0.4, 0.7)}, "mmlu": {"isft": (0.6, 0.7), "idpo": (0.6, 0.7)},
-}
+    token_normalizer: Literal["instance_max", "percentile"] = "instance_max"  # iSFT data: per-instance max in every recipe
+    percentile: float = 85.0          # MCTS normaliser: int(percentile of calibration tokens) + 1 (85 iDPO, 80 iSFT-DPO)
+    loss_floor: float = 0.5           # R_loss is clamped to at least this (ours; the reference has none)
+    short_max_tokens: int = 40        # a conversation of at most this many tokens gets the guard token term
+    guard_token_term: float = -1.0    # token term of a short conversation or one ended by a message at the token cap
+    long_total_tokens: int = 2000     # more tokens than this in all: the readability term is -1
+    both_penalty: float = 10.0        # iSFT: subtracted when one message speaks for both agents
+    mcts_turn_cap_zero: bool = True   # MCTS: a rollout that reaches the turn cap scores task 0 (its answer is an error)
+    mcts_both_zero: bool = True       # MCTS: a message speaking for both agents makes the task score 0
+    name_in_readability: bool = True  # score "Name: message" (+ end-of-turn token) rather than the bare message
 
 # %% ../nbs/06_reward.ipynb #25f76b5c
 def combine_reward(task_score: float, token_ratio: float, loss: float | None, cfg: RewardConfig) -> float:
     "R_task - lambda_token * R_token + lambda_loss / max(R_loss, floor) (no readability term when `loss` is None)."
-    readability = 0.0 if loss is None or not math.isfinite(loss) else cfg.lambda_loss / max(loss, cfg.loss_floor)
+    readability = 0.0 if loss is None or not math.isfinite(loss) else cfg.lambda_loss / max(loss, cfg.loss_floor, 1e-9)
     return task_score - cfg.lambda_token * token_ratio + readability
 
 # %% ../nbs/06_reward.ipynb #e14391aa
 def instance_max_normalizers(records: Sequence[dict]) -> dict[str, float]:
-    "Per instance id, the max total tokens among its samples (at least 1)."
+    "Per instance id, the max total tokens among its samples not ended at the token cap (at least 1)."
     out: dict[str, float] = {}
-    for r in records: out[r["instance_id"]] = max(out.get(r["instance_id"], 1.0), float(r["n_tokens"]))
+    for r in records:
+        n = 1.0 if r.get("stop_reason") == "token_cap" else float(r["n_tokens"])
+        out[r["instance_id"]] = max(out.get(r["instance_id"], 1.0), n)
     return out
 
 def percentile_normalizer(token_counts: Sequence[float], percentile: float) -> float:
-    "The `percentile` of calibration token counts (at least 1)."
-    return max(1.0, float(np.percentile(np.asarray(token_counts, dtype=float), percentile))) if len(token_counts) else 1.0
+    "int(`percentile` of calibration token counts) + 1, as the reference computes it (1 without counts)."
+    return float(int(np.percentile(np.asarray(token_counts, dtype=float), percentile)) + 1) if len(token_counts) else 1.0
 
 # %% ../nbs/06_reward.ipynb #30009351
 def speaks_for_both(turn: dict) -> bool:
-    "Whether a message writes lines for the other agent too."
-    text, other = turn["text"], other_agent(turn["speaker"])
-    return all(f"{a}:" in text for a in AGENTS) or re.search(rf"(^|\n)\s*{other}\s*:", text) is not None
+    "Whether a message, with its speaker's name in front, holds both names or one name twice."
+    full = f"{turn['speaker']}: {turn['text']}"
+    counts = [len(re.findall(f"{a}:", full)) for a in AGENTS]
+    return all(c > 0 for c in counts) or any(c >= 2 for c in counts)
 
 def guard_flags(record: dict, cfg: RewardConfig) -> dict[str, bool]:
     "Which guards a trajectory trips."
     turns = record["turns"]
-    texts = [t["text"].strip() for t in turns]
-    return {"cap": record.get("stop_reason") == "max_turns" or any(t.get("finish_reason") == "length" for t in turns),
-            "short": sum(t["n_tokens"] for t in turns) < cfg.min_total_tokens,
-            "repeat": any(t in texts[:i] for i, t in enumerate(texts)),
-            "both": any(speaks_for_both(t) for t in turns)}
+    texts = [t["text"].strip().lower() for t in turns]
+    n = sum(t["n_tokens"] for t in turns)
+    return {"short": n <= cfg.short_max_tokens, "token_cap": record.get("stop_reason") == "token_cap",
+            "long": n > cfg.long_total_tokens or not turns, "repeat": any(t in texts[:i] for i, t in enumerate(texts)),
+            "both": any(speaks_for_both(t) for t in turns), "turn_cap": record.get("stop_reason") == "max_turns"}
 
 # %% ../nbs/06_reward.ipynb #95db7a42
 class ReadabilityScorer:
     "Mean per-token NLL of messages under a frozen model, batched and memoised."
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_tokens: int = 1024):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_tokens: int = 1024, end_of_turn: bool = True):
         self.model, self.tokenizer, self.batch_size, self.max_tokens = model.eval(), tokenizer, batch_size, max_tokens
+        eot = end_of_turn_token(tokenizer) if end_of_turn else None
+        self.eot = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
         header = tokenizer.apply_chat_template([{"role": "system", "content": ""}], add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
         self.header = list(header)
         self.cache: dict[str, float] = {}
 
     def _score_batch(self, texts: list[str]) -> list[float]:
-        bodies = [self.tokenizer(t, add_special_tokens=False)["input_ids"][: self.max_tokens] for t in texts]
+        bodies = [self.tokenizer(t, add_special_tokens=False)["input_ids"][: self.max_tokens] + self.eot if t else [] for t in texts]
         seqs = [self.header + b for b in bodies]
         width, pad = max(map(len, seqs)), self.tokenizer.pad_token_id
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
@@ -101,20 +104,29 @@ class ReadabilityScorer:
 
 # %% ../nbs/06_reward.ipynb #2776b4fb
 def reward_trajectory(record: dict, inst: Instance, cfg: RewardConfig, token_normalizer: float,
-                      message_losses: Sequence[float], tokenizer=None) -> dict:
-    "The reward of one trajectory and its parts (`task_score`: the task metric; `reward_task_score`: R_task after the guard)."
+                      message_losses: Sequence[float], tokenizer=None, kind: Literal["isft", "mcts"] = "isft") -> dict:
+    "The reward of one trajectory and its parts (`task_score`: the task metric; `reward_task_score`: R_task after the guards)."
     flags = guard_flags(record, cfg)
     task_score = score(record.get("final_answer"), inst, TASK_SPECS[inst.task].metric, tokenizer)
-    reward_task_score = 0.0 if flags["both"] else task_score  # one agent writing both parts earns no task reward
+    zero = kind == "mcts" and ((cfg.mcts_turn_cap_zero and flags["turn_cap"]) or (cfg.mcts_both_zero and flags["both"]))
+    reward_task_score = 0.0 if zero else task_score
     token_ratio = record["n_tokens"] / max(token_normalizer, 1.0)
-    loss = None if flags["repeat"] or not message_losses else max(message_losses)
-    reward = combine_reward(reward_task_score, token_ratio, loss, cfg)
-    reward -= cfg.cap_penalty * flags["cap"] + cfg.short_penalty * flags["short"]
+    token_term = cfg.guard_token_term if flags["short"] or flags["token_cap"] else -cfg.lambda_token * token_ratio
+    loss = None if flags["repeat"] or flags["long"] or not message_losses else max(message_losses)
+    readability = -1.0 if flags["long"] else combine_reward(0.0, 0.0, loss, cfg)
+    reward = reward_task_score + token_term + readability
+    if kind == "isft" and flags["both"]: reward -= cfg.both_penalty
     return {"reward": reward, "task_score": task_score, "reward_task_score": reward_task_score, "token_ratio": token_ratio,
-            "loss": loss, **{f"guard_{k}": v for k, v in flags.items()}}
+            "token_term": token_term, "readability_term": readability, "loss": loss,
+            **{f"guard_{k}": v for k, v in flags.items()}}
+
+def readability_texts(records: Sequence[dict], cfg: RewardConfig) -> list[str]:
+    "The texts the readability scorer sees, every message of every record in order."
+    return [f"{t['speaker']}: {t['text']}" if cfg.name_in_readability else t["text"] for r in records for t in r["turns"]]
 
 def reward_trajectories(records: Sequence[dict], instances: dict[str, Instance], cfg: RewardConfig, scorer,
-                        calibration_tokens: Sequence[float] | None = None, tokenizer=None) -> list[dict]:
+                        calibration_tokens: Sequence[float] | None = None, tokenizer=None,
+                        kind: Literal["isft", "mcts"] = "isft") -> list[dict]:
     "Rewards for many trajectories (instances by id); `calibration_tokens` for the percentile normaliser."
     if cfg.token_normalizer == "percentile":
         if calibration_tokens is None: raise ValueError("token_normalizer='percentile' needs calibration_tokens")
@@ -122,10 +134,10 @@ def reward_trajectories(records: Sequence[dict], instances: dict[str, Instance],
         norms = {r["instance_id"]: fixed for r in records}
     else:
         norms = instance_max_normalizers(records)
-    losses = scorer([t["text"] for r in records for t in r["turns"]])
+    losses = scorer(readability_texts(records, cfg))
     out, k = [], 0
     for r in records:
         n = len(r["turns"])
-        out.append(reward_trajectory(r, instances[r["instance_id"]], cfg, norms[r["instance_id"]], losses[k:k + n], tokenizer))
+        out.append(reward_trajectory(r, instances[r["instance_id"]], cfg, norms[r["instance_id"]], losses[k:k + n], tokenizer, kind))
         k += n
     return out

@@ -21,7 +21,7 @@ from .models import DEFAULT_MODEL, load_tokenizer
 from .training import ENGINE_PIDS, RunDir, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
-                                 sample_workflows, score_answer, validate_workflow)
+                                 sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
 
 # %% auto #0
 __all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
@@ -97,9 +97,9 @@ class SandboxConfig:
                      max_output_chars=">= 1")
 
 def paper_train_config(**overrides) -> TrainConfig:
-    "The paper's Score-DPO settings (LoRA r=8, alpha=16 on q/v, dropout 0.01, beta 0.1, lr 1e-6, batch 1, one pass)."
+    "The paper's Score-DPO settings (LoRA r=8, alpha=16 on q/v, dropout 0.01, beta 0.1, lr 1e-6, batch 1, one pass, base reference)."
     cfg = TrainConfig(loss="score", lora_r=8, lora_alpha=16, lora_dropout=0.01, lora_target_modules=["q_proj", "v_proj"],
-                      learning_rate=1e-6, per_device_batch_size=1, num_epochs=1.0, beta=0.1, max_length=2048)
+                      learning_rate=1e-6, per_device_batch_size=1, num_epochs=1.0, beta=0.1, max_length=2048, reference="base")
     return dataclasses.replace(cfg, **overrides)
 
 @dataclass
@@ -113,7 +113,8 @@ class ScoreFlowConfig:
     n_test: Optional[int] = None
     k: int = 8                          # workflows sampled per problem and iteration
     executions: int = 3                 # runs per workflow; its score is the mean
-    max_resamples: int = 2              # rounds of resampling invalid generator outputs
+    max_resamples: int = 2              # rounds of resampling invalid generator outputs (the reference: 500, i.e. until valid)
+    smoke_run: bool = True              # run each valid-looking workflow once on a toy problem with the real executor first
     iterations: int = 3
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
@@ -347,6 +348,22 @@ class WorkflowExecutor:
             return {"ok": False, "reason": f"error: {type(e).__name__}: {e}"[:500], "score": 0.0, "output": None, "answer": None,
                     "note": None, "wall_s": 0.0, "operator_calls": 0, "llm_calls": 0, "n_tokens": 0, "trace": []}
 
+    async def asmoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+        "Run each (code, kind) once, for real, on the toy problem of its kind; the failure reason of each, or None."
+        gate = asyncio.Semaphore(self.sandbox.max_concurrency)
+        async def one(code, kind):
+            problem = TOY_PROBLEMS[kind]
+            ops = sandboxed_operators(problem, self.llm, self.sandbox, self.operator_config)
+            async with gate:
+                try: res = await arun_workflow(code, "Workflow", operator_proxies(ops), public_view(problem), workflow_limits(self.sandbox, kind))
+                except Exception as e: return f"smoke run error: {type(e).__name__}: {e}"[:500]
+            return None if res.ok else f"smoke run on the toy {kind} problem failed: {res.reason}"[:500]
+        return list(await asyncio.gather(*(one(c, k) for c, k in items)))
+
+    def smoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+        "Blocking `asmoke`."
+        return _run_sync(self.asmoke(items))
+
     def _prepare(self, rec: dict, problem: Problem) -> str | None:
         "The code to run for a record (validated again here), or None with `rec['reason']` set."
         code = rec.get("code")
@@ -396,9 +413,10 @@ class WorkflowExecutor:
 
 # %% ../nbs/12_scoreflow.ipynb #a78ad305
 def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
-    "Every (chosen, rejected) pair of scored records of the same problem with chosen score > rejected score."
+    "Every (chosen, rejected) pair of scored valid records of the same problem with chosen score > rejected score."
     by_problem: dict[str, list[dict]] = {}
-    for r in records: by_problem.setdefault(r["problem_id"], []).append(r)
+    for r in records:
+        if r.get("valid", True): by_problem.setdefault(r["problem_id"], []).append(r)   # an invalid workflow is never a sample
     pairs = []
     for problem in problems:
         cands = by_problem.get(problem.id, [])
@@ -516,7 +534,9 @@ class ScoreFlowRun:
     def _sample(self, problems, ck, k: int, seed: int) -> list[dict]:
         g = self.cfg.generator
         params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
-        recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params)
+        check = self.executor().smoke if self.cfg.smoke_run else None
+        recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params,
+                                batch_check=check)
         return [{**r, "seed_workflow": None} for r in recs]
 
     # --- stages ---

@@ -61,6 +61,7 @@ class TaskSpec:
     family: Literal["ie", "debate"]
     answer_format: Literal["tag", "boxed", "line"]
     metric: Literal["f1", "em", "numeric", "math"]
+    prompt_rules: bool = True   # the reference's prompt rules (very concise, begin with your name; the critic gives no answer)
 
 TASK_SPECS: dict[str, TaskSpec] = {s.name: s for s in [
     TaskSpec("hotpotqa", "ie", "tag", "f1"),
@@ -71,7 +72,7 @@ TASK_SPECS: dict[str, TaskSpec] = {s.name: s for s in [
     TaskSpec("math", "debate", "boxed", "math"),
     TaskSpec("arc", "debate", "tag", "em"),
     TaskSpec("mmlu", "debate", "tag", "em"),
-    TaskSpec("synthetic", "ie", "line", "f1"),  # generated in another notebook; 'Answer: x' lines suit small models
+    TaskSpec("synthetic", "ie", "line", "f1", prompt_rules=False),  # generated in another notebook; 'Answer: x' lines suit small models
 ]}
 
 # %% ../nbs/03_tasks.ipynb #f921f5fb

@@ -76,10 +76,11 @@ class SamplingConfig:
 @dataclass
 class SelectionConfig:
     "Which iSFT trajectories are trained on."
-    top_fraction: float = 0.7
+    top_fraction: float = 0.7         # keep the instances ranked below floor(n * skip_top_fraction) and above floor(n * this)
     epsilon: float = 0.5
+    skip_top_fraction: float = 0.0    # MATH in the reference: 0.1 (the 10%-80% slice, dataloader.py:646-657)
 
-    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1")   # epsilon is a reward floor: any value
+    def __post_init__(self): check_bounds(self, top_fraction="> 0, <= 1", skip_top_fraction=">= 0, < 1")   # epsilon: any value
 
 @dataclass
 class EvalConfig:
@@ -126,8 +127,10 @@ class RunConfig:
         "Ranges of the sections defined in other modules, checked here so each error names its key path."
         if not self.schedule: raise FieldError("schedule", "must list at least one iteration (sft or dpo)")
         check_bounds(self.conversation, "conversation.", max_turns=">= 1", max_message_tokens=">= 1", temperature=">= 0", top_p="> 0, <= 1")
-        check_bounds(self.reward, "reward.", lambda_token=">= 0", lambda_loss=">= 0", percentile="> 0, <= 100", min_total_tokens=">= 0")
-        check_bounds(self.mcts, "mcts.", temperature=">= 0", diversity_threshold=">= 0, <= 1", merge_threshold=">= 0, <= 1")
+        check_bounds(self.reward, "reward.", lambda_token=">= 0", lambda_loss=">= 0", percentile="> 0, <= 100",
+                     short_max_tokens=">= 0", long_total_tokens=">= 1", both_penalty=">= 0", loss_floor=">= 0")
+        check_bounds(self.mcts, "mcts.", temperature=">= 0", diversity_threshold=">= 0, <= 1", merge_threshold=">= 0, <= 1",
+                     calibration_instances=">= 1", calibration_temperature=">= 0")
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
@@ -168,13 +171,13 @@ def load_splits(cfg: TaskConfig) -> dict[str, list[Instance]]:
     return split_instances(instances, {"train": cfg.n_train, "eval": cfg.n_eval}, seed=cfg.seed)
 
 # %% ../nbs/09_training.ipynb #3754fd7e
-def select_best_of_n(records: Sequence[dict], top_fraction: float, epsilon: float) -> list[dict]:
-    "The best trajectory of the top `top_fraction` instances whose best reward is at least `epsilon`."
+def select_best_of_n(records: Sequence[dict], top_fraction: float, epsilon: float, skip_top_fraction: float = 0.0) -> list[dict]:
+    "Best trajectory per instance, ranked; ranks floor(n * skip_top_fraction) to floor(n * top_fraction), reward >= `epsilon`."
     best: dict[str, dict] = {}
     for r in records:
         if r["instance_id"] not in best or r["reward"] > best[r["instance_id"]]["reward"]: best[r["instance_id"]] = r
     ranked = sorted(best.values(), key=lambda r: -r["reward"])
-    keep = ranked[:math.ceil(top_fraction * len(ranked))]
+    keep = ranked[int(skip_top_fraction * len(ranked)):int(top_fraction * len(ranked))]
     return [r for r in keep if r["reward"] >= epsilon]
 
 # %% ../nbs/09_training.ipynb #a0090f54
@@ -340,11 +343,11 @@ def make_scorer(cfg: ModelConfig | str):
     return ReadabilityScorer(m, tok)
 
 def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardConfig, scorer,
-                calibration_tokens: Sequence[float] | None = None) -> list[dict]:
-    "Records with their reward and its parts merged in."
+                calibration_tokens: Sequence[float] | None = None, kind: Literal["isft", "mcts"] = "isft") -> list[dict]:
+    "Records with their reward and its parts merged in (`kind`: the guards of iSFT data or of MCTS rollouts)."
     from optima_nb.reward import reward_trajectories
     by_id = {i.id: i for i in instances}
-    parts = reward_trajectories(records, by_id, cfg, scorer, calibration_tokens=calibration_tokens)
+    parts = reward_trajectories(records, by_id, cfg, scorer, calibration_tokens=calibration_tokens, kind=kind)
     return [{**r, **p} for r, p in zip(records, parts)]
 
 # %% ../nbs/09_training.ipynb #58cc0922
@@ -385,7 +388,7 @@ class OptimaRun:
         return read_checkpoint(self.rd.path(iteration, "train"), self.rd.root)
 
     def calibration_tokens(self) -> list[float]:
-        "Token counts of the untrained system on the held-out split (the fixed evaluation normaliser)."
+        "Token counts of the untrained system on the held-out split (the fixed EVALUATION normaliser; training never reads it)."
         return [r["n_tokens"] for r in read_jsonl(self.rd.path("base", "evaluate") / "records.jsonl")]
 
     def _backend(self, ck: dict):
@@ -454,7 +457,8 @@ class OptimaRun:
         "Best-of-N selection."
         def fn(tmp):
             recs = read_jsonl(self.rd.path(i, "reward") / "records.jsonl")
-            sel = select_best_of_n(recs, self.cfg.selection.top_fraction, self.cfg.selection.epsilon)
+            s = self.cfg.selection
+            sel = select_best_of_n(recs, s.top_fraction, s.epsilon, s.skip_top_fraction)
             atomic_write_jsonl(tmp / "selected.jsonl", sel)
             return {"n_selected": len(sel), "n_instances": len({r["instance_id"] for r in recs})}
         return self.rd.stage(i, "select", fn)
@@ -472,16 +476,21 @@ class OptimaRun:
         return self.rd.stage(i, "train", fn)
 
     def mcts(self, i: int, ck: dict) -> Path:
-        "One MCTS tree per train instance, rewards with the percentile normaliser of the base evaluation."
+        "One MCTS tree per train instance; the token normaliser from the current policy's calibration rollouts on train instances."
         from optima_nb.mcts import build_trees, tree_to_dict
         def fn(tmp):
-            calib = self.calibration_tokens()
+            m, backend = self.cfg.mcts, self._backend(ck)
+            conv = ConversationConfig(**{**to_dict(self.cfg.conversation), "temperature": m.calibration_temperature})
+            calib_recs = rollout_records(self.splits["train"][:m.calibration_instances], backend, conv, 1, 0, self.cfg.seed * 100 + i + 50)
+            atomic_write_jsonl(tmp / "calibration.jsonl", calib_recs)
+            calib = [r["n_tokens"] for r in calib_recs]
             rcfg = RewardConfig(**{**to_dict(self.cfg.reward), "token_normalizer": "percentile"})
-            reward_fn = lambda recs: [r["reward"] for r in add_rewards(recs, self.splits["train"], rcfg, self.scorer, calib)]
-            mcfg = MCTSConfig(**{**to_dict(self.cfg.mcts), "seed": self.cfg.mcts.seed + i})
-            trees = build_trees(self.splits["train"], self._backend(ck), self.cfg.conversation, mcfg, reward_fn, progress=self.progress)
+            reward_fn = lambda recs: [r["reward"] for r in add_rewards(recs, self.splits["train"], rcfg, self.scorer, calib, kind="mcts")]
+            mcfg = MCTSConfig(**{**to_dict(m), "seed": m.seed + i})
+            trees = build_trees(self.splits["train"], backend, self.cfg.conversation, mcfg, reward_fn, progress=self.progress)
             atomic_write_json(tmp / "trees.json", [tree_to_dict(t) for t in trees])
-            return {"n_trees": len(trees), "n_rollouts": sum(len(t.rollouts) for t in trees)}
+            return {"n_trees": len(trees), "n_rollouts": sum(len(t.rollouts) for t in trees),
+                    "token_normalizer": percentile_normalizer(calib, rcfg.percentile)}
         return self.rd.stage(i, "mcts", fn)
 
     def pairs(self, i: int) -> Path:

@@ -979,9 +979,19 @@ def _judge(record: dict, completion, problem: Problem, rules, extra_check) -> No
                   n_tokens=completion.n_tokens, n_calls=report.n_calls)
     record["reasons"] += [f"attempt {record['attempts']}: {r}" for r in reasons]
 
+def _batch_judge(records: list[dict], idx, batch_check) -> None:
+    "Run `batch_check` on the valid records among `idx` at once; a failure makes the record invalid (so it is resampled)."
+    todo = [j for j in idx if records[j]["valid"]]
+    if batch_check is None or not todo: return
+    for j, why in zip(todo, batch_check([(records[j]["code"], records[j]["kind"]) for j in todo])):
+        if why:
+            records[j].update(valid=False, code=None)
+            records[j]["reasons"].append(f"attempt {records[j]['attempts']}: {why}")
+
 def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8, max_resamples: int = 2, seed: int = 0,
                      params: GenerationParams | None = None, rules: dict[str, WorkflowRules] | None = None,
-                     extra_check: Callable[[str, str], str | None] | None = None) -> list[dict]:
+                     extra_check: Callable[[str, str], str | None] | None = None,
+                     batch_check: Callable[[list[tuple[str, str]]], list[str | None]] | None = None) -> list[dict]:
     "`k` validated workflows per problem: one batched generate call, then batched resampling of the invalid ones."
     params = dataclasses.replace(params or generator_params(k, seed), n=k, seed=seed)
     rules = rules or RULES
@@ -994,6 +1004,7 @@ def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8,
                    "attempts": 0, "reasons": []}
             _judge(rec, completion, problem, rules[problem.kind], extra_check)
             records.append(rec); owner.append(pi)
+    _batch_judge(records, range(len(records)), batch_check)
     for round_ in range(1, max_resamples + 1):
         redo = [j for j, rec in enumerate(records) if not rec["valid"]]
         if not redo: break
@@ -1001,4 +1012,5 @@ def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8,
                                           dataclasses.replace(params, n=1, seed=seed + 7919 * round_))
         for j, out in zip(redo, outs):
             _judge(records[j], out[0], problems[owner[j]], rules[problems[owner[j]].kind], extra_check)
+        _batch_judge(records, redo, batch_check)
     return records
