@@ -22,7 +22,8 @@ __all__ = ['Kind', 'BENCHMARK_KINDS', 'SPLITS', 'LLM', 'OPERATORS_BY_KIND', 'OPE
            'operator_value_error', 'Operators', 'WorkflowRules', 'operator_cards', 'generator_prompt',
            'generator_messages', 'WorkflowInvalid', 'parse_graph', 'WorkflowReport', 'find_run_workflow',
            'workflow_body', 'template_similarity', 'copied_problem_text', 'validate_workflow', 'check_graph',
-           'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'sample_workflows']
+           'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'restore_graph_close',
+           'sample_workflows']
 
 # %% ../nbs/11_workflows.ipynb #0f726e92
 Kind = Literal["math", "qa", "code"]
@@ -324,6 +325,7 @@ class OperatorConfig:
     max_tokens: int = 512          # per LLM call (one value, so concurrent calls batch together)
     programmer_attempts: int = 3   # LLM attempts at a working solve()
     test_rounds: int = 3           # repair rounds of the test operator (LLM calls)
+    test_regenerate: bool = False  # after the last failed repair, write the function afresh (the reference's test operator)
     max_candidates: int = 8        # sc_ensemble considers at most this many solutions
 
 def executor_text(problem: Problem) -> str:
@@ -458,12 +460,15 @@ class Operators:
         return extract_code(reply, p.entry_point)
 
     async def test(self, solution: str) -> str:
-        "Run the public tests; on failure let the LLM reflect and repair, for at most `test_rounds` rounds."
+        "Run the public tests; on failure let the LLM repair for at most `test_rounds` rounds, then regenerate (if on)."
         if self.run_public_tests is None: return solution
         p = self.problem
         for round_ in range(self.config.test_rounds + 1):
             ok, feedback = await _resolve(self.run_public_tests(solution))
-            if ok or round_ == self.config.test_rounds: return solution
+            if ok: return solution
+            if round_ == self.config.test_rounds:
+                if not self.config.test_regenerate: return solution
+                return await self.code_generate("Think through the task step by step, then write the function from scratch.")
             reply = await self._ask(f"Task:\n{p.question}\n\nThis implementation fails tests:\n```python\n{solution}\n```\n"
                                     f"Test feedback:\n{str(feedback)[-1500:]}\n\nExplain briefly what is wrong, then "
                                     f"give the corrected complete function `{p.entry_point}` in one ```python block.")
@@ -968,6 +973,13 @@ def generator_params(k: int = 8, seed: int = 0) -> GenerationParams:
     "The paper's generator sampling settings."
     return GenerationParams(n=k, temperature=0.2, top_p=0.95, max_new_tokens=1000, seed=seed)
 
+def restore_graph_close(completion: Completion, stop: Sequence[str]) -> Completion:
+    "Put back a `</graph>` stop string the backend cut off (the parser needs the closing tag), as generate.py:166 does."
+    text = completion.text
+    open_block = text.lower().rfind("<graph>") > text.lower().rfind("</graph>")
+    if "</graph>" not in stop or completion.finish_reason != "stop" or not open_block: return completion
+    return dataclasses.replace(completion, text=text + "</graph>")
+
 def _judge(record: dict, completion, problem: Problem, rules, extra_check) -> None:
     "Validate one sample and update its record in place."
     record["attempts"] += 1
@@ -1002,7 +1014,7 @@ def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8,
         for i, completion in enumerate(outs):
             rec = {"problem_id": problem.id, "benchmark": problem.benchmark, "kind": problem.kind, "index": i,
                    "attempts": 0, "reasons": []}
-            _judge(rec, completion, problem, rules[problem.kind], extra_check)
+            _judge(rec, restore_graph_close(completion, params.stop), problem, rules[problem.kind], extra_check)
             records.append(rec); owner.append(pi)
     _batch_judge(records, range(len(records)), batch_check)
     for round_ in range(1, max_resamples + 1):
@@ -1011,6 +1023,6 @@ def sample_workflows(problems: Sequence[Problem], generator_backend, k: int = 8,
         outs = generator_backend.generate([prompts[owner[j]] for j in redo],
                                           dataclasses.replace(params, n=1, seed=seed + 7919 * round_))
         for j, out in zip(redo, outs):
-            _judge(records[j], out[0], problems[owner[j]], rules[problems[owner[j]].kind], extra_check)
+            _judge(records[j], restore_graph_close(out[0], params.stop), problems[owner[j]], rules[problems[owner[j]].kind], extra_check)
         _batch_judge(records, redo, batch_check)
     return records
