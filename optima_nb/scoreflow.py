@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_scoreflow.ipynb #9c9e2a4d
 from __future__ import annotations
-import asyncio, dataclasses, gc, json, os, shutil, statistics, time
+import asyncio, dataclasses, gc, json, os, re, shutil, statistics, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,10 +24,11 @@ from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, 
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
 
 # %% auto #0
-__all__ = ['SEED_WORKFLOWS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig', 'paper_train_config',
-           'ScoreFlowConfig', 'load_scoreflow_config', 'load_split', 'seed_records', 'rotating_seeds',
-           'warm_start_examples', 'public_view', 'hidden_test_code', 'workflow_limits', 'code_limits', 'ExecutorLLM',
-           'test_helpers', 'sandboxed_operators', 'operator_proxies', 'score_output', 'WorkflowExecutor', 'build_pairs',
+__all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'GeneratorConfig', 'ExecutorConfig', 'SandboxConfig',
+           'paper_train_config', 'ScoreFlowConfig', 'pairs_to_draw', 'load_scoreflow_config', 'load_split',
+           'seed_records', 'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code',
+           'workflow_limits', 'code_limits', 'ExecutorLLM', 'test_helpers', 'sandboxed_operators', 'operator_proxies',
+           'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowExecutor', 'build_pairs',
            'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
            'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
 
@@ -46,6 +47,7 @@ class GeneratorConfig:
     dtype: str = "auto"                 # auto: bf16 on a GPU that has it, else fp32
     enforce_eager: Optional[bool] = None  # vllm: None = eager on CPU, CUDA graphs on GPU
     max_model_len: Optional[int] = None   # vllm: None = the model's context length
+    stop: list[str] = field(default_factory=list)  # stop strings, e.g. ["</graph>"] (the reference); a cut-off </graph> is put back
 
     def __post_init__(self):
         from optima_nb.config import check_bounds
@@ -69,12 +71,20 @@ class ExecutorConfig:
     test_rounds: int = 3
     max_batch: int = 64                 # operator calls gathered into one generate call
     max_wait_s: float = 0.05            # how long the queue waits for more calls before generating
+    test_rounds_by_benchmark: dict[str, int] = field(default_factory=dict)  # test_rounds per benchmark (the reference: humaneval 10, mbpp 6)
+    test_regenerate: bool = False       # a solution still failing its public tests after the repairs is written afresh
+    workflow_attempts: int = 1          # runs of a workflow until one ends without an exception or timeout (the reference: 5)
+    llm_extraction: bool = False        # math/qa outputs are restated by this LLM before scoring (the reference: always)
+    llm_judge: bool = False             # test stage: MATH, DROP, HotpotQA answers judged by this LLM (the reference's inference)
 
     def __post_init__(self):
-        from optima_nb.config import check_bounds
+        from optima_nb.config import FieldError, check_bounds
         if self.kind == "openai" and not self.base_url: raise ValueError("executor.base_url is required when kind is 'openai'")
         check_bounds(self, concurrency=">= 1", max_batch_size=">= 1", max_batch_tokens=">= 1", temperature=">= 0", max_tokens=">= 1",
-                     programmer_attempts=">= 1", test_rounds=">= 0", max_batch=">= 1", max_wait_s=">= 0")
+                     programmer_attempts=">= 1", test_rounds=">= 0", max_batch=">= 1", max_wait_s=">= 0", workflow_attempts=">= 1")
+        for b, n in self.test_rounds_by_benchmark.items():
+            if b not in BENCHMARK_KINDS: raise FieldError(f"test_rounds_by_benchmark.{b}", f"unknown benchmark (known: {', '.join(BENCHMARK_KINDS)})")
+            if n < 0: raise FieldError(f"test_rounds_by_benchmark.{b}", f"must be >= 0, got {n}")
 
 @dataclass
 class SandboxConfig:
@@ -117,6 +127,7 @@ class ScoreFlowConfig:
     smoke_run: bool = True              # run each valid-looking workflow once on a toy problem with the real executor first
     iterations: int = 3
     pairs_per_iteration: Optional[int] = 2000   # pairs drawn (with replacement, d-weighted) per iteration; None: as many as there are
+    pairs_per_iteration_by_benchmark: dict[str, int] = field(default_factory=dict)  # per-benchmark counts (the reference: humaneval 600)
     seed_workflows: bool = False        # add hand-written workflows to iteration 0's candidates (see SEED_WORKFLOWS)
     warm_start: Optional[TrainConfig] = None  # SFT the generator on the seed workflows before the base evaluation (small generators)
     warm_start_seeds: Optional[int] = None    # seed workflows per validation problem in the warm start (rotating); None: all
@@ -134,8 +145,17 @@ class ScoreFlowConfig:
         from optima_nb.config import check_bounds
         check_bounds(self, k=">= 1", executions=">= 1", iterations=">= 1", n_validate=">= 1", n_test=">= 1", pairs_per_iteration=">= 1",
                      max_resamples=">= 0", warm_start_seeds=">= 1")
+        for b, n in self.pairs_per_iteration_by_benchmark.items():
+            if b not in BENCHMARK_KINDS: raise ValueError(f"pairs_per_iteration_by_benchmark: unknown benchmark '{b}'")
+            if n < 1: raise ValueError(f"pairs_per_iteration_by_benchmark.{b}: must be >= 1, got {n}")
         if self.train.pairs_per_epoch is not None:
             raise ValueError("train.pairs_per_epoch is set from pairs_per_iteration: leave it out of the train section")
+
+def pairs_to_draw(cfg: ScoreFlowConfig, pairs: Sequence[dict]) -> Optional[int]:
+    "Pairs drawn in one iteration: `pairs_per_iteration`, or with per-benchmark counts their sum over the benchmarks that have pairs."
+    by = cfg.pairs_per_iteration_by_benchmark
+    if not by: return cfg.pairs_per_iteration
+    return sum(by.get(b, cfg.pairs_per_iteration or n) for b, n in Counter(p["benchmark"] for p in pairs).items())
 
 def load_scoreflow_config(path) -> ScoreFlowConfig:
     "Read a ScoreFlow config from YAML (unknown, missing or mistyped keys are errors naming the file and key)."
@@ -301,6 +321,30 @@ def operator_proxies(ops: Operators) -> dict[str, Callable]:
         return call
     return {name: bind(name) for name in ops.names}
 
+JUDGED_BENCHMARKS = ("math", "drop", "hotpotqa")   # the reference judges these at test time (gsm8k.py:60 turns it off for GSM8K)
+
+def extraction_messages(problem: Problem, output: str) -> list[dict]:
+    "A prompt asking the executor LLM to restate the final answer of a workflow output in the task's answer format."
+    form = "as \\boxed{...}" if problem.kind == "math" else "on one line as 'Answer: <answer>' (a few words, a name or a number)"
+    return [{"role": "user", "content": f"Below are a question and a response written for it. Find the final answer that the "
+             f"response settles on and write only that answer, {form}. Do not solve the question again and do not fix the "
+             f"response: report what it concluded.\n\nQuestion:\n{problem.question}\n\nResponse:\n{output}"}]
+
+def judge_messages(problem: Problem, answer: str) -> list[dict]:
+    "A prompt asking the executor LLM whether `answer` agrees with the gold answer(s) of `problem`."
+    passage = f"Passage:\n{problem.context}\n\n" if problem.context else ""
+    gold = " | ".join(problem.answers)
+    return [{"role": "user", "content": f"You grade answers. {passage}Question:\n{problem.question}\n\nReference answer(s): {gold}\n\n"
+             f"Candidate answer: {answer}\n\nDoes the candidate give the same answer as a reference answer? Differences in "
+             "wording, formatting, units written out or equivalent forms of a number or expression do not matter; a different "
+             "or incomplete answer does. End with one line 'Verdict: 1' (same answer) or 'Verdict: 0' (not)."}]
+
+def judge_verdict(reply: str) -> float:
+    "1.0 when the judge's reply ends with verdict 1, else 0.0 (a reply without a verdict counts as wrong)."
+    found = re.findall(r"verdict\s*:?\s*\**\s*([01])\b", reply or "", re.I)
+    if found: return float(found[-1])
+    return 1.0 if (reply or "").strip() == "1" else 0.0
+
 async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) -> tuple[float, str | None, str | None]:
     "`(score, extracted answer, note)` of one workflow output; code runs against the hidden tests in the sandbox."
     if problem.kind == "code":
@@ -328,22 +372,44 @@ class WorkflowExecutor:
         self.operator_config = OperatorConfig(max_tokens=self.executor.max_tokens, programmer_attempts=self.executor.programmer_attempts,
                                               test_rounds=self.executor.test_rounds)
 
-    async def arun_once(self, problem: Problem, code: str) -> dict:
-        "One sandboxed run of `code` on `problem`, scored."
-        ops = sandboxed_operators(problem, self.llm, self.sandbox, self.operator_config)
-        result = await arun_workflow(code, "Workflow", operator_proxies(ops), public_view(problem),
-                                     workflow_limits(self.sandbox, problem.kind))
+    def operator_config_for(self, problem: Problem) -> OperatorConfig:
+        "The operator settings for `problem` (its benchmark's `test_rounds`, if set)."
+        rounds = self.executor.test_rounds_by_benchmark.get(problem.benchmark, self.executor.test_rounds)
+        return dataclasses.replace(self.operator_config, test_rounds=rounds, test_regenerate=self.executor.test_regenerate)
+
+    async def arun_once(self, problem: Problem, code: str, judge: bool = False) -> dict:
+        "One sandboxed run of `code` on `problem` (rerun after an exception or timeout, up to `workflow_attempts` runs), scored."
+        n_calls = n_tokens = 0
+        for attempt in range(1, self.executor.workflow_attempts + 1):
+            ops = sandboxed_operators(problem, self.llm, self.sandbox, self.operator_config_for(problem))
+            result = await arun_workflow(code, "Workflow", operator_proxies(ops), public_view(problem),
+                                         workflow_limits(self.sandbox, problem.kind))
+            n_calls, n_tokens = n_calls + ops.n_calls, n_tokens + ops.n_tokens
+            if result.ok: break
         rec = {"ok": result.ok, "reason": result.reason, "score": 0.0, "output": None, "answer": None, "note": None,
-               "wall_s": round(result.wall_s, 3), "operator_calls": result.operator_calls, "llm_calls": ops.n_calls,
-               "n_tokens": ops.n_tokens, "trace": ops.trace}
+               "wall_s": round(result.wall_s, 3), "operator_calls": result.operator_calls, "llm_calls": n_calls,
+               "n_tokens": n_tokens, "trace": ops.trace, "attempts": attempt}
         if not result.ok: return rec
         output = "" if result.value is None else result.value if isinstance(result.value, str) else json.dumps(result.value)
-        score, answer, note = await score_output(problem, output, self.sandbox)
+        score, answer, note = await self.score(problem, output, judge)
         cut = self.sandbox.max_output_chars
         return {**rec, "score": float(score), "output": output[:cut], "answer": answer[:cut] if answer else answer, "note": note}
 
-    async def _guarded_once(self, problem: Problem, code: str) -> dict:
-        try: return await self.arun_once(problem, code)
+    async def score(self, problem: Problem, output: str, judge: bool = False) -> tuple[float, str | None, str | None]:
+        "`score_output`, with the LLM extraction before it and (with `judge`) the LLM judge instead of the metric, where on."
+        e = self.executor
+        if problem.kind == "code": return await score_output(problem, output, self.sandbox)
+        if e.llm_extraction:
+            reply, _ = await self.llm(extraction_messages(problem, output), e.max_tokens)
+            if extract_answer(problem, reply) is not None: output = reply     # a reply without an answer: the raw output is scored
+        if judge and e.llm_judge and problem.benchmark in JUDGED_BENCHMARKS:
+            answer = extract_answer(problem, output)
+            reply, _ = await self.llm(judge_messages(problem, answer or output), e.max_tokens)
+            return judge_verdict(reply), answer, "llm judge"
+        return await score_output(problem, output, self.sandbox)
+
+    async def _guarded_once(self, problem: Problem, code: str, judge: bool = False) -> dict:
+        try: return await self.arun_once(problem, code, judge)
         except Exception as e:   # a failure of ours (not of the workflow) must not stop the other runs
             return {"ok": False, "reason": f"error: {type(e).__name__}: {e}"[:500], "score": 0.0, "output": None, "answer": None,
                     "note": None, "wall_s": 0.0, "operator_calls": 0, "llm_calls": 0, "n_tokens": 0, "trace": []}
@@ -376,8 +442,8 @@ class WorkflowExecutor:
             return None
         return code
 
-    async def arun(self, records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
-        "Copies of `records` with their executions and scores."
+    async def arun(self, records: Sequence[dict], problems: Sequence[Problem], judge: bool = False) -> list[dict]:
+        "Copies of `records` with their executions and scores (`judge`: the test stage, where the LLM judge applies if on)."
         by_id = {p.id: p for p in problems}
         out, jobs = [], []
         for j, rec in enumerate(records):
@@ -389,7 +455,7 @@ class WorkflowExecutor:
         gate = asyncio.Semaphore(self.sandbox.max_concurrency)
         bar = tqdm(total=len(jobs), desc="execute", disable=not self.progress or not jobs)
         async def one(j, e, problem, code):
-            async with gate: res = await self._guarded_once(problem, code)
+            async with gate: res = await self._guarded_once(problem, code, judge)
             out[j]["executions"][e] = {"execution": e, **res}
             bar.update()
         await asyncio.gather(*(one(*job) for job in jobs))
@@ -400,9 +466,9 @@ class WorkflowExecutor:
             if rec["reason"] is None: rec["reason"] = next((x["reason"] for x in rec["executions"] if not x["ok"]), None)
         return out
 
-    def run(self, records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
+    def run(self, records: Sequence[dict], problems: Sequence[Problem], judge: bool = False) -> list[dict]:
         "Blocking `arun`."
-        return _run_sync(self.arun(records, problems))
+        return _run_sync(self.arun(records, problems, judge))
 
     def close(self):
         "Stop the batching queue."
@@ -533,7 +599,7 @@ class ScoreFlowRun:
 
     def _sample(self, problems, ck, k: int, seed: int) -> list[dict]:
         g = self.cfg.generator
-        params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
+        params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed, stop=list(g.stop))
         check = self.executor().smoke if self.cfg.smoke_run else None
         recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params,
                                 batch_check=check)
@@ -600,11 +666,12 @@ class ScoreFlowRun:
                 return {"skipped": "no preference pairs (all candidates of each problem scored the same)"}
             self.release_generator(engine=True)
             cfg = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i)
-            out = train_generator(init["model"], pairs, cfg, self.cfg.pairs_per_iteration, tmp / ("adapter" if cfg.lora else "model"),
+            n_draw = pairs_to_draw(self.cfg, pairs)
+            out = train_generator(init["model"], pairs, cfg, n_draw, tmp / ("adapter" if cfg.lora else "model"),
                                   init["adapter"], self.cfg.launcher)
             ck = checkpoint_of(init, out)
             write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
-            return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": self.cfg.pairs_per_iteration or len(pairs)}
+            return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": n_draw or len(pairs)}
         return self.rd.stage(i, "train", fn)
 
     def evaluate(self, iteration) -> Path:
@@ -614,7 +681,7 @@ class ScoreFlowRun:
         def fn(tmp):
             problems = self.split(split)
             recs = self._sample(problems, self.checkpoint(ck_index), 1, self._seed("evaluate", iteration)) if problems else []
-            scored = self.executor().run(recs, problems) if recs else []
+            scored = self.executor().run(recs, problems, judge=split == "test") if recs else []
             atomic_write_jsonl(tmp / "records.jsonl", scored)
             return {"split": split, **summarize_scores(scored), "missing": self._splits[split][1]}
         return self.rd.stage(iteration, "evaluate", fn)
