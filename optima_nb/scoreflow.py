@@ -412,7 +412,7 @@ class WorkflowExecutor:
         try: return await self.arun_once(problem, code, judge)
         except Exception as e:   # a failure of ours (not of the workflow) must not stop the other runs
             return {"ok": False, "reason": f"error: {type(e).__name__}: {e}"[:500], "score": 0.0, "output": None, "answer": None,
-                    "note": None, "wall_s": 0.0, "operator_calls": 0, "llm_calls": 0, "n_tokens": 0, "trace": []}
+                    "note": None, "wall_s": 0.0, "operator_calls": 0, "llm_calls": 0, "n_tokens": 0, "trace": [], "attempts": 0}
 
     async def asmoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
         "Run each (code, kind) once, for real, on the toy problem of its kind; the failure reason of each, or None."
