@@ -6,7 +6,6 @@ hostfile); `--multi_gpu` selects the torchrun launcher, whose processes use gloo
 """
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from optima_nb.config import atomic_write_jsonl, save_config
-from optima_nb.losses import TrainConfig, own_turn_example
+from optima_nb.losses import TrainConfig, free_port, own_turn_example
 from optima_nb.models import load_model, tiny_random_model
 
 ACCELERATE = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
@@ -27,12 +26,6 @@ VIEWS = [
     [{"role": "system", "content": "You are Bob. Where does Lena live?"}, {"role": "user", "content": "Alice: Who knows Lena?"},
      {"role": "assistant", "content": "Lena lives in Oslo."}],
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(600)
