@@ -18,7 +18,7 @@ from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jso
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
-from .training import ENGINE_PIDS, RunDir, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, write_checkpoint
+from .training import ENGINE_PIDS, RunDir, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
@@ -569,9 +569,9 @@ class ScoreFlowRun:
     def release_generator(self, engine: bool = False):
         "Drop the HF generator (and with `engine`, shut the vLLM engine down) to free memory, e.g. before training."
         self._gen = self._gen_key = None
-        if engine and self._vllm is not None: self._vllm.close(); self._vllm = None
-        gc.collect()
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        vllm = self._vllm if engine else None
+        if engine: self._vllm = None
+        release_backend(vllm)   # closes the engine (if any), then collects garbage and empties the CUDA cache
 
     def executor(self) -> WorkflowExecutor:
         "The run's executor (built on first use)."
