@@ -157,7 +157,7 @@ def cmd_run(args) -> list[dict]:
     cfg = load_run_config(args.config, args.set)
     check_run_inputs(cfg, args.config, args.out)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
-    run.run()
+    run.run(keep_engine=True)    # the analysis stages start on the final model's engine, and release it
     analyse_run(run)
     print(format_report(report_rows(args.out)))
     return report_rows(args.out)
@@ -228,7 +228,7 @@ def cmd_scoreflow(args):
     "Run a ScoreFlow config, or its DPO vs Score-DPO ablation; with --baselines, then the baseline workflows and the table."
     import dataclasses
     from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, load_scoreflow_config, run_scoreflow
-    cfg = load_scoreflow_config(args.config)
+    cfg = load_scoreflow_config(args.config, args.set)
     baselines = _baseline_config(args)
     check_scoreflow_inputs(cfg, args.config, args.out)
     from optima_nb.training import RunDir
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_figures)
     sf = sub.add_parser("scoreflow", help="run a ScoreFlow config (workflow generator trained with Score-DPO)")
     sf.add_argument("config", type=Path); sf.add_argument("--out", type=Path, required=True)
+    sf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. generator.model=/models/llama")
     sf.add_argument("--ablation", action="store_true", help="DPO vs Score-DPO on the same preference data and seeds")
     sf.add_argument("--baselines", action="store_true",
                     help="then run the baseline workflows (IO, CoT, CoT SC, MedPrompt, MultiPersona, Self-Refine) and write scoreflow_table.md")

@@ -44,18 +44,18 @@ def scaling_stage(run: OptimaRun) -> Path:
         a = run.cfg.analysis
         conv = ConversationConfig(**{**to_dict(run.cfg.conversation), "temperature": a.scaling_temperature})
         last = len(run.cfg.schedule) - 1
-        for name, ck in (("base", run.checkpoint(-1)), ("final", run.checkpoint(last))):
+        for name, ck in (("final", run.checkpoint(last)), ("base", run.checkpoint(-1))):   # the last evaluation's model is loaded
             recs = rollout_records(run.splits["eval"], run._backend(ck), conv, a.scaling_samples, 0, run.cfg.seed + 104729, run.progress)
             atomic_write_jsonl(tmp / f"records_{name}.jsonl", recs)
         return {"samples": a.scaling_samples}
     return run.rd.stage("analysis", "scaling", fn)
 
 def analyse_run(run: OptimaRun) -> None:
-    "Run the analysis stages of a finished training run (skipped ones are resumed)."
-    if not run.cfg.analysis.enabled: return
-    try:
-        baselines_stage(run)
+    "Run the analysis stages of a finished training run (skipped ones are resumed), then release the run's engine."
+    try:   # final system (the engine `run(keep_engine=True)` left up), then the base model: one model switch
+        if not run.cfg.analysis.enabled: return
         if run.cfg.schedule: scaling_stage(run)
+        baselines_stage(run)
     finally: run.release()
 
 # %% ../nbs/16_report.ipynb #4f64be3e

@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 from .backends import GenerationParams
-from .config import atomic_write_json, atomic_write_jsonl, load_config, read_jsonl
+from .config import atomic_write_json, atomic_write_jsonl, from_dict, load_config, read_config_yaml, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
-from .training import ENGINE_PIDS, RunDir, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
+from .training import ENGINE_PIDS, RunDir, apply_overrides, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
 from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
@@ -157,9 +157,9 @@ def pairs_to_draw(cfg: ScoreFlowConfig, pairs: Sequence[dict]) -> Optional[int]:
     if not by: return cfg.pairs_per_iteration
     return sum(by.get(b, cfg.pairs_per_iteration or n) for b, n in Counter(p["benchmark"] for p in pairs).items())
 
-def load_scoreflow_config(path) -> ScoreFlowConfig:
-    "Read a ScoreFlow config from YAML (unknown, missing or mistyped keys are errors naming the file and key)."
-    return load_config(ScoreFlowConfig, path)
+def load_scoreflow_config(path, overrides: Sequence[str] = ()) -> ScoreFlowConfig:
+    "Read a ScoreFlow config from YAML with optional `key=value` overrides (errors name the file and key)."
+    return from_dict(ScoreFlowConfig, apply_overrides(read_config_yaml(path), overrides), str(path))
 
 # %% ../nbs/12_scoreflow.ipynb #cdfd4cc1
 def load_split(cfg: ScoreFlowConfig, split: Literal["validate", "test"]) -> tuple[list[Problem], dict[str, str]]:

@@ -23,8 +23,9 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 __all__ = ['ENGINE_PIDS', 'TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig',
            'RunConfig', 'apply_overrides', 'load_run_config', 'schedule_for', 'load_splits', 'select_best_of_n',
            'RunLockedError', 'RunDir', 'write_checkpoint', 'read_checkpoint', 'make_backend', 'release_backend',
-           'backend_for', 'record_engine', 'reap_stale_engines', 'checkpoint_of', 'make_scorer', 'add_rewards',
-           'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows', 'format_report', 'tiny_run_config']
+           'can_serve', 'backend_for', 'record_engine', 'reap_stale_engines', 'checkpoint_of', 'make_scorer',
+           'add_rewards', 'rollout_records', 'summarize_eval', 'OptimaRun', 'report_rows', 'format_report',
+           'tiny_run_config']
 
 # %% ../nbs/09_training.ipynb #188d7a55
 @dataclass
@@ -299,9 +300,14 @@ def release_backend(backend) -> None:
     import torch
     if torch.cuda.is_available(): torch.cuda.empty_cache()
 
+def can_serve(current, ck: dict) -> bool:
+    "Whether engine `current` can serve checkpoint `ck` as it is: the same model, and a LoRA swap or no adapter on either side."
+    if current is None or not hasattr(current, "set_adapter") or getattr(current, "served_model", None) != ck["model"]: return False
+    return bool(getattr(current, "enable_lora", False)) or (ck["adapter"] is None and getattr(current, "adapter", None) is None)
+
 def backend_for(current, cfg: ModelConfig, ck: dict, enable_lora: bool | None = None, progress: bool = False):
-    "A backend serving checkpoint `ck`: `current` with its LoRA adapter swapped when it serves the same model, else a new one."
-    if current is not None and getattr(current, "served_model", None) == ck["model"] and getattr(current, "enable_lora", False):
+    "A backend serving checkpoint `ck`: `current` (adapter swapped) when it can serve it, else a new one."
+    if can_serve(current, ck):
         current.set_adapter(ck["adapter"])
         return current
     release_backend(current)
@@ -530,14 +536,15 @@ class OptimaRun:
         self.evaluate(i, self.checkpoint(i))
         self.write_metrics()
 
-    def run(self) -> list[dict]:
-        "Evaluate the base model, run every iteration of the schedule, return the metrics."
+    def run(self, keep_engine: bool = False) -> list[dict]:
+        "Evaluate the base model, run every iteration of the schedule, return the metrics (`keep_engine`: the caller releases)."
         try:
             self.evaluate("base", self.checkpoint(-1))
             self.write_metrics()
             for i, kind in enumerate(tqdm(self.cfg.schedule, desc="iterations", disable=not self.progress)):
                 self.iteration(i, kind)
-        finally: self.release()
+        except BaseException: self.release(); raise
+        if not keep_engine: self.release()
         return self.metrics()
 
     # --- metrics ---
