@@ -16,9 +16,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import seaborn as sns
 
 # %% auto #0
-__all__ = ['MARKERS', 'PANEL_SIZE', 'STAGE_MARKERS', 'paper_style', 'method_styles', 'new_figure', 'save_figure',
-           'plain_log_ticks', 'tradeoff_figure', 'plot_tradeoff', 'iterations_figure', 'plot_iterations',
-           'scaling_figure', 'plot_scaling', 'results_table']
+__all__ = ['MARKERS', 'PANEL_SIZE', 'LABEL_OFFSETS', 'STAGE_MARKERS', 'paper_style', 'method_styles', 'new_figure', 'save_figure',
+           'plain_log_ticks', 'label_boxes', 'choose_label_offsets', 'place_labels', 'tradeoff_figure', 'plot_tradeoff',
+           'iterations_figure', 'plot_iterations', 'scaling_figure', 'plot_scaling', 'results_table']
 
 # %% ../nbs/15_plots.ipynb #7e351865
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -98,6 +98,47 @@ def plain_log_ticks(ax, base: int = 10) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
+LABEL_OFFSETS = [(4, 4), (4, -4), (-4, 4), (-4, -4), (7, 0), (-7, 0), (0, 7), (0, -7), (10, 10), (-10, -10), (10, -10), (-10, 10)]
+
+def label_boxes(anchors: Sequence[tuple[float, float]], texts: Sequence[str], offsets: Sequence[tuple[float, float]],
+                fontsize: float) -> list[tuple[float, float, float, float]]:
+    "Approximate boxes (x0, y0, x1, y1, in points) of labels drawn at `anchors` + `offsets`, aligned away from the anchor."
+    boxes = []
+    for (x, y), text, (dx, dy) in zip(anchors, texts, offsets):
+        w, h = 0.6 * fontsize * len(text), fontsize
+        x0 = x + dx - (w if dx < 0 else 0 if dx > 0 else w / 2)
+        y0 = y + dy - (h if dy < 0 else 0 if dy > 0 else h / 2)
+        boxes.append((x0, y0, x0 + w, y0 + h))
+    return boxes
+
+def _box_gap(a, b) -> float:
+    "Distance between two boxes (0 when they overlap)."
+    return math.hypot(max(0.0, b[0] - a[2], a[0] - b[2]), max(0.0, b[1] - a[3], a[1] - b[3]))
+
+def choose_label_offsets(anchors: Sequence[tuple[float, float]], texts: Sequence[str], markers: Sequence[tuple[float, float]] = (),
+                         fontsize: float = 6.5, candidates: Sequence[tuple[float, float]] = LABEL_OFFSETS, marker_radius: float = 2.5) -> list[tuple[float, float]]:
+    "Greedy offsets (points) for labels at `anchors` (points): each takes the first candidate clearest of markers and placed labels."
+    dots = [(mx - marker_radius, my - marker_radius, mx + marker_radius, my + marker_radius) for mx, my in [*anchors, *markers]]
+    chosen, placed = [], []
+    for anchor, text in zip(anchors, texts):
+        def clearance(o):
+            box = label_boxes([anchor], [text], [o], fontsize)[0]
+            return min([min(_box_gap(box, d), 2.0) for d in dots] + [min(_box_gap(box, b), 2.0) for b in placed] or [2.0])
+        best = max(candidates, key=clearance)      # ties: the earlier (closer) candidate
+        chosen.append(best); placed += label_boxes([anchor], [text], [best], fontsize)
+    return chosen
+
+def place_labels(ax, labels: Sequence[tuple[float, float, str, str]], markers: Sequence[tuple[float, float]] = (), fontsize: float = 6.5) -> None:
+    "Annotate `(x, y, text, color)` labels in data coordinates next to their points, choosing sides so they do not collide."
+    if not labels: return
+    ax.autoscale_view()
+    to_pt = lambda xy: ax.transData.transform(xy) * 72 / ax.figure.dpi
+    anchors = [tuple(to_pt((x, y))) for x, y, _, _ in labels]
+    offsets = choose_label_offsets(anchors, [t for _, _, t, _ in labels], [tuple(to_pt(m)) for m in markers], fontsize)
+    for (x, y, text, color), (dx, dy) in zip(labels, offsets):
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=color,
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom" if dy > 0 else "top" if dy < 0 else "center")
+
 def tradeoff_figure(points: Sequence[dict], log_tokens: bool | None = None, log_ratio: float = 10.0) -> Figure:
     "Score vs average tokens per conversation, one panel per task, iterations joined by arrows."
     _require(points, ("method", "task", "iteration", "score", "tokens"), "tradeoff points")
@@ -106,7 +147,7 @@ def tradeoff_figure(points: Sequence[dict], log_tokens: bool | None = None, log_
     with paper_style():
         fig, axes = new_figure(len(tasks))
         for ax, task in zip(axes, tasks):
-            here = [p for p in points if p["task"] == task]
+            here, pending = [p for p in points if p["task"] == task], []
             for method in methods:
                 pts = [p for p in here if p["method"] == method]
                 if not pts: continue
@@ -117,12 +158,9 @@ def tradeoff_figure(points: Sequence[dict], log_tokens: bool | None = None, log_
                 for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
                     ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
                                 arrowprops={"arrowstyle": "-|>", "color": st["color"], "lw": 1.0, "shrinkA": 3, "shrinkB": 3})
-                if len(pts) > 1:
-                    for k, (p, x, y) in enumerate(zip(pts, xs, ys)):  # alternate sides so neighbouring labels don't merge
-                        ax.annotate(str(p["iteration"]), (x, y), xytext=(3, 3) if k % 2 == 0 else (-3, -3), textcoords="offset points",
-                                    ha="left" if k % 2 == 0 else "right", va="bottom" if k % 2 == 0 else "top",
-                                    fontsize=6.5, color=st["color"])
+                if len(pts) > 1: pending += [(x, y, str(p["iteration"]), st["color"]) for p, x, y in zip(pts, xs, ys)]
             if log_x: ax.set_xscale("log"); plain_log_ticks(ax)
+            place_labels(ax, pending, markers=[(p["tokens"], 100 * p["score"]) for p in here])
             ax.set_title(task)
             ax.set_xlabel("avg. tokens per conversation")
             ax.set_ylabel("score (F1 / accuracy, %)")
