@@ -19,8 +19,8 @@ from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
 from .training import ENGINE_PIDS, RunDir, apply_overrides, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
-from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
-                                 code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
+from .workflows import (AFLOW_BENCHMARKS, BENCHMARK_KINDS, GENERATED_BENCHMARKS, BackendLLM, OperatorConfig, Operators, Problem,
+                                 code_test_program, extract_answer, generator_messages, load_benchmark, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
 
 # %% auto #0
@@ -117,7 +117,7 @@ class ScoreFlowConfig:
     "Everything one ScoreFlow run needs."
     name: str = "scoreflow"
     seed: int = 0
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARK_KINDS))
+    benchmarks: list[str] = field(default_factory=lambda: list(AFLOW_BENCHMARKS))   # the paper's six; `arith` is opt-in
     data_path: Optional[str] = None     # folder of <name>_<split>.jsonl files; None: $OPTIMA_AFLOW_DIR, else data/aflow
     n_validate: Optional[int] = None    # problems per benchmark (None: all)
     n_test: Optional[int] = None
@@ -167,11 +167,11 @@ def load_split(cfg: ScoreFlowConfig, split: Literal["validate", "test"]) -> tupl
     limit = cfg.n_validate if split == "validate" else cfg.n_test
     problems, missing = [], {}
     for name in cfg.benchmarks:
-        try: found = load_aflow(name, cfg.data_path, split, limit)
+        try: found = load_benchmark(name, cfg.data_path, split, limit)
         except FileNotFoundError as e:
             if split == "validate": raise
             missing[name] = str(e); continue
-        if not found and split == "validate":
+        if not found and split == "validate" and name not in GENERATED_BENCHMARKS:
             from optima_nb.config import DataError
             from optima_nb.workflows import aflow_file
             raise DataError(f"{aflow_file(name, split, cfg.data_path)}: the validation file holds no problems; ScoreFlow trains on them")
