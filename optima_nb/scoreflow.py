@@ -29,8 +29,9 @@ __all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'Generato
            'seed_records', 'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code',
            'workflow_limits', 'code_limits', 'ExecutorLLM', 'test_helpers', 'sandboxed_operators', 'operator_proxies',
            'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowExecutor', 'build_pairs',
-           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
-           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend', 'ScoreFlowRun',
+           'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation',
+           'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -519,6 +520,15 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
 
+def make_executor_backend(e: ExecutorConfig):
+    "The executor's generation backend: the OpenAI-compatible endpoint, or the local model (on the GPU when there is one)."
+    if e.kind == "openai":
+        from optima_nb.backends import OpenAIBackend
+        return OpenAIBackend(e.base_url, e.model, api_key_env=e.api_key_env, concurrency=e.concurrency)
+    from optima_nb.backends import HFBackend
+    return HFBackend.from_pretrained(e.model, device="cuda" if torch.cuda.is_available() else "cpu",
+                                     max_batch_size=e.max_batch_size, max_batch_tokens=e.max_batch_tokens)
+
 class ScoreFlowRun:
     "A ScoreFlow run over a resumable run directory: base evaluation, iterations of generate/execute/pairs/train/evaluate, test."
     def __init__(self, cfg: ScoreFlowConfig, out, progress: bool = True, generator_factory: Callable | None = None,
@@ -577,14 +587,7 @@ class ScoreFlowRun:
         "The run's executor (built on first use)."
         if self._executor is None:
             e = self.cfg.executor
-            if self.executor_backend is not None: backend = self.executor_backend
-            elif e.kind == "openai":
-                from optima_nb.backends import OpenAIBackend
-                backend = OpenAIBackend(e.base_url, e.model, api_key_env=e.api_key_env, concurrency=e.concurrency)
-            else:
-                from optima_nb.backends import HFBackend
-                backend = HFBackend.from_pretrained(e.model, device="cuda" if torch.cuda.is_available() else "cpu",
-                                                    max_batch_size=e.max_batch_size, max_batch_tokens=e.max_batch_tokens)
+            backend = self.executor_backend if self.executor_backend is not None else make_executor_backend(e)
             self._executor = WorkflowExecutor(backend, e, self.cfg.sandbox, self.cfg.executions, self.cfg.seed, self.progress)
         return self._executor
 
