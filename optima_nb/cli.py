@@ -159,7 +159,7 @@ def cmd_bench_workflows(args) -> dict:
     baselines = load_workflow_baseline_config(args.baselines_config) if args.baselines_config is not None else None
     if args.n is not None and args.n < 1: raise ConfigError(f"--n must be >= 1, got {args.n}")
     check_scoreflow_inputs(cfg, args.config)
-    res = workflow_calibration(cfg, args.split, args.n, baselines, progress=not args.quiet)
+    res = workflow_calibration(cfg, args.split, args.n, baselines, progress=not args.quiet, only=args.workflows)
     print(format_calibration(res))
     if args.json: atomic_write_json(args.json, {"config": str(args.config), "overrides": list(args.set), **res})
     return res
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--n", type=int, help="problems per benchmark (default: the config's n_validate or n_test)")
     wf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. executor.max_tokens=128")
     wf.add_argument("--baselines-config", type=Path, metavar="FILE", help="YAML of the baselines' settings")
+    wf.add_argument("--workflows", nargs="+", metavar="LABEL", help="only these workflows, e.g. IO CoT programmer:program (default: all)")
     wf.add_argument("--json", type=Path, help="also write the rows and every scored record to this JSON file")
     wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     wf.set_defaults(func=cmd_bench_workflows)

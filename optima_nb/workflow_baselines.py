@@ -340,12 +340,17 @@ def calibration_gap(rows: Sequence[dict]) -> dict[str, float]:
     return {b: max(v) - min(v) for b, v in by.items()}
 
 def workflow_calibration(cfg: ScoreFlowConfig, split: Literal["validate", "test"] = "validate", n: int | None = None,
-                         baselines: WorkflowBaselineConfig | None = None, progress: bool = True, executor_backend=None) -> dict:
-    "Score every fixed workflow on the first `n` problems per benchmark of `split` (None: the config's count) with the config's executor."
+                         baselines: WorkflowBaselineConfig | None = None, progress: bool = True, executor_backend=None,
+                         only: Sequence[str] | None = None) -> dict:
+    "Score every fixed workflow (`only`: those labels) on the first `n` problems per benchmark of `split` with the config's executor."
     baselines = baselines or WorkflowBaselineConfig()
     if n is not None: cfg = dataclasses.replace(cfg, **{"n_validate" if split == "validate" else "n_test": n})
     problems, missing = load_split(cfg, split)
     entries = calibration_workflows(sorted({p.kind for p in problems}), baselines)
+    if only is not None:
+        unknown = [w for w in only if w not in {e["workflow"] for e in entries}]
+        if unknown: raise ConfigError(f"unknown workflow '{unknown[0]}'; known: {', '.join(e['workflow'] for e in entries)}")
+        entries = [e for e in entries if e["workflow"] in only]
     for e in entries:
         for kind, code in e["codes"].items():
             if reasons := check_baseline(code, kind): raise ConfigError(f"workflow {e['workflow']} for {kind}: {'; '.join(reasons)}")
