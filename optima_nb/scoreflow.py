@@ -69,6 +69,7 @@ class ExecutorConfig:
     temperature: float = 0.0
     max_tokens: int = 512               # per operator LLM call
     programmer_attempts: int = 3
+    programmer_fill_args: bool = False  # call a solve(n, ...) the executor wrote despite the prompt with None per argument (small models)
     test_rounds: int = 3
     max_batch: int = 64                 # operator calls gathered into one generate call
     max_wait_s: float = 0.05            # how long the queue waits for more calls before generating
@@ -371,7 +372,7 @@ class WorkflowExecutor:
         self.llm = ExecutorLLM(backend, GenerationParams(temperature=self.executor.temperature, seed=seed),
                               max_wait_s=self.executor.max_wait_s, max_batch=self.executor.max_batch)
         self.operator_config = OperatorConfig(max_tokens=self.executor.max_tokens, programmer_attempts=self.executor.programmer_attempts,
-                                              test_rounds=self.executor.test_rounds)
+                                              test_rounds=self.executor.test_rounds, fill_solve_args=self.executor.programmer_fill_args)
 
     def operator_config_for(self, problem: Problem) -> OperatorConfig:
         "The operator settings for `problem` (its benchmark's `test_rounds`, if set)."

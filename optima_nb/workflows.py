@@ -372,6 +372,10 @@ class OperatorConfig:
     test_rounds: int = 3           # repair rounds of the test operator (LLM calls)
     test_regenerate: bool = False  # after the last failed repair, write the function afresh (the reference's test operator)
     max_candidates: int = 8        # sc_ensemble considers at most this many solutions
+    fill_solve_args: bool = False  # programmer: call a solve(n, ...) the LLM wrote anyway with None for each required argument
+
+_FILL_ARGS = ("_required = solve.__code__.co_argcount - len(solve.__defaults__ or ())\n"
+              "print(solve(*[None] * _required))\n")
 
 def executor_text(problem: Problem) -> str:
     "The problem as the operators see it (QA: passage, then question)."
@@ -468,7 +472,8 @@ class Operators:
             code = extract_code(await self._ask(base + feedback), "solve")
             if not re.search(r"def\s+solve\s*\(", code): ok, output = False, "no function solve() was defined"
             else:
-                ok, output = await _resolve(self.execute_code(code + "\n\nprint(solve())\n"))
+                call = _FILL_ARGS if self.config.fill_solve_args else "print(solve())\n"
+                ok, output = await _resolve(self.execute_code(code + "\n\n" + call))
                 output = str(output).strip()
             if ok: return f"{code}\n\nOutput: {output}"
             feedback = (f"\n\nYour previous code:\n```python\n{code}\n```\nfailed with:\n{output[-1500:]}\n"
