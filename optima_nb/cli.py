@@ -11,8 +11,8 @@ from .models import DEFAULT_MODEL
 
 # %% auto #0
 __all__ = ['check_out', 'check_model', 'check_run_inputs', 'check_scoreflow_inputs', 'cmd_bench_generate', 'cmd_bench_rollout',
-           'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_run', 'cmd_report',
-           'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+           'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_bench_workflows', 'cmd_run',
+           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #5da1ea9f
 def check_out(out: Path, flag: str = "--out"):
@@ -147,6 +147,21 @@ def cmd_bench_generator(args) -> dict:
               f"generated {r['generated_tokens']:>6}")
     print(f"speedup: {res['speedup']:.2f}x   same text: {res['same_text']:.0%}")
     if args.json: atomic_write_json(args.json, res)
+    return res
+
+# %% ../nbs/90_cli.ipynb #b9e0a3c2
+def cmd_bench_workflows(args) -> dict:
+    "Score the fixed workflows on a ScoreFlow config's split; print the table, optionally write JSON (with every record)."
+    from optima_nb.config import ConfigError
+    from optima_nb.scoreflow import load_scoreflow_config
+    from optima_nb.workflow_baselines import format_calibration, load_workflow_baseline_config, workflow_calibration
+    cfg = load_scoreflow_config(args.config, args.set)
+    baselines = load_workflow_baseline_config(args.baselines_config) if args.baselines_config is not None else None
+    if args.n is not None and args.n < 1: raise ConfigError(f"--n must be >= 1, got {args.n}")
+    check_scoreflow_inputs(cfg, args.config)
+    res = workflow_calibration(cfg, args.split, args.n, baselines, progress=not args.quiet, only=args.workflows)
+    print(format_calibration(res))
+    if args.json: atomic_write_json(args.json, {"config": str(args.config), "overrides": list(args.set), **res})
     return res
 
 # %% ../nbs/90_cli.ipynb #13aa4506
@@ -294,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--json", type=Path, help="also write the results to this JSON file")
     w.set_defaults(func=cmd_bench_generator)
+    wf = bench.add_parser("workflows", help="scores of the fixed workflows (baselines, seeds, programmer) with a ScoreFlow config's executor")
+    wf.add_argument("--config", type=Path, required=True, help="ScoreFlow config (benchmarks, executor, sandbox)")
+    wf.add_argument("--split", choices=["validate", "test"], default="validate")
+    wf.add_argument("--n", type=int, help="problems per benchmark (default: the config's n_validate or n_test)")
+    wf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. executor.max_tokens=128")
+    wf.add_argument("--baselines-config", type=Path, metavar="FILE", help="YAML of the baselines' settings")
+    wf.add_argument("--workflows", nargs="+", metavar="LABEL", help="only these workflows, e.g. IO CoT programmer:program (default: all)")
+    wf.add_argument("--json", type=Path, help="also write the rows and every scored record to this JSON file")
+    wf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    wf.set_defaults(func=cmd_bench_workflows)
     r = sub.add_parser("run", help="run or resume an Optima training config")
     r.add_argument("config", type=Path); r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

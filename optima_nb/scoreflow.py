@@ -19,8 +19,8 @@ from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
 from .training import ENGINE_PIDS, RunDir, apply_overrides, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
-from .workflows import (BENCHMARK_KINDS, BackendLLM, OperatorConfig, Operators, Problem,
-                                 code_test_program, extract_answer, generator_messages, load_aflow, public_test_program,
+from .workflows import (AFLOW_BENCHMARKS, BENCHMARK_KINDS, GENERATED_BENCHMARKS, BackendLLM, OperatorConfig, Operators, Problem,
+                                 code_test_program, extract_answer, generator_messages, load_benchmark, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
 
 # %% auto #0
@@ -29,8 +29,9 @@ __all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'Generato
            'seed_records', 'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code',
            'workflow_limits', 'code_limits', 'ExecutorLLM', 'test_helpers', 'sandboxed_operators', 'operator_proxies',
            'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowExecutor', 'build_pairs',
-           'pair_draw', 'resample_pairs', 'train_generator', 'ScoreFlowRun', 'summarize_scores', 'run_scoreflow',
-           'hf_generator', 'bench_generator', 'share_stage', 'ablation', 'format_ablation']
+           'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend', 'ScoreFlowRun',
+           'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation',
+           'format_ablation']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -68,6 +69,7 @@ class ExecutorConfig:
     temperature: float = 0.0
     max_tokens: int = 512               # per operator LLM call
     programmer_attempts: int = 3
+    programmer_fill_args: bool = False  # call a solve(n, ...) the executor wrote despite the prompt with None per argument (small models)
     test_rounds: int = 3
     max_batch: int = 64                 # operator calls gathered into one generate call
     max_wait_s: float = 0.05            # how long the queue waits for more calls before generating
@@ -117,7 +119,7 @@ class ScoreFlowConfig:
     "Everything one ScoreFlow run needs."
     name: str = "scoreflow"
     seed: int = 0
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARK_KINDS))
+    benchmarks: list[str] = field(default_factory=lambda: list(AFLOW_BENCHMARKS))   # the paper's six; `arith` is opt-in
     data_path: Optional[str] = None     # folder of <name>_<split>.jsonl files; None: $OPTIMA_AFLOW_DIR, else data/aflow
     n_validate: Optional[int] = None    # problems per benchmark (None: all)
     n_test: Optional[int] = None
@@ -167,11 +169,11 @@ def load_split(cfg: ScoreFlowConfig, split: Literal["validate", "test"]) -> tupl
     limit = cfg.n_validate if split == "validate" else cfg.n_test
     problems, missing = [], {}
     for name in cfg.benchmarks:
-        try: found = load_aflow(name, cfg.data_path, split, limit)
+        try: found = load_benchmark(name, cfg.data_path, split, limit)
         except FileNotFoundError as e:
             if split == "validate": raise
             missing[name] = str(e); continue
-        if not found and split == "validate":
+        if not found and split == "validate" and name not in GENERATED_BENCHMARKS:
             from optima_nb.config import DataError
             from optima_nb.workflows import aflow_file
             raise DataError(f"{aflow_file(name, split, cfg.data_path)}: the validation file holds no problems; ScoreFlow trains on them")
@@ -370,7 +372,7 @@ class WorkflowExecutor:
         self.llm = ExecutorLLM(backend, GenerationParams(temperature=self.executor.temperature, seed=seed),
                               max_wait_s=self.executor.max_wait_s, max_batch=self.executor.max_batch)
         self.operator_config = OperatorConfig(max_tokens=self.executor.max_tokens, programmer_attempts=self.executor.programmer_attempts,
-                                              test_rounds=self.executor.test_rounds)
+                                              test_rounds=self.executor.test_rounds, fill_solve_args=self.executor.programmer_fill_args)
 
     def operator_config_for(self, problem: Problem) -> OperatorConfig:
         "The operator settings for `problem` (its benchmark's `test_rounds`, if set)."
@@ -519,6 +521,15 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
 _STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
 
+def make_executor_backend(e: ExecutorConfig):
+    "The executor's generation backend: the OpenAI-compatible endpoint, or the local model (on the GPU when there is one)."
+    if e.kind == "openai":
+        from optima_nb.backends import OpenAIBackend
+        return OpenAIBackend(e.base_url, e.model, api_key_env=e.api_key_env, concurrency=e.concurrency)
+    from optima_nb.backends import HFBackend
+    return HFBackend.from_pretrained(e.model, device="cuda" if torch.cuda.is_available() else "cpu",
+                                     max_batch_size=e.max_batch_size, max_batch_tokens=e.max_batch_tokens)
+
 class ScoreFlowRun:
     "A ScoreFlow run over a resumable run directory: base evaluation, iterations of generate/execute/pairs/train/evaluate, test."
     def __init__(self, cfg: ScoreFlowConfig, out, progress: bool = True, generator_factory: Callable | None = None,
@@ -577,14 +588,7 @@ class ScoreFlowRun:
         "The run's executor (built on first use)."
         if self._executor is None:
             e = self.cfg.executor
-            if self.executor_backend is not None: backend = self.executor_backend
-            elif e.kind == "openai":
-                from optima_nb.backends import OpenAIBackend
-                backend = OpenAIBackend(e.base_url, e.model, api_key_env=e.api_key_env, concurrency=e.concurrency)
-            else:
-                from optima_nb.backends import HFBackend
-                backend = HFBackend.from_pretrained(e.model, device="cuda" if torch.cuda.is_available() else "cpu",
-                                                    max_batch_size=e.max_batch_size, max_batch_tokens=e.max_batch_tokens)
+            backend = self.executor_backend if self.executor_backend is not None else make_executor_backend(e)
             self._executor = WorkflowExecutor(backend, e, self.cfg.sandbox, self.cfg.executions, self.cfg.seed, self.progress)
         return self._executor
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_workflows.ipynb #d8f87b22
 from __future__ import annotations
-import ast, asyncio, builtins, dataclasses, difflib, inspect, os, re, string, textwrap
+import ast, asyncio, builtins, dataclasses, difflib, inspect, os, random, re, string, textwrap
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,21 +14,25 @@ from .config import DataError, iter_jsonl
 from .tasks import extract_boxed, format_paragraph, get_field, math_equal, numeric_match, word_f1
 
 # %% auto #0
-__all__ = ['Kind', 'BENCHMARK_KINDS', 'SPLITS', 'LLM', 'OPERATORS_BY_KIND', 'OPERATOR_PARAMS', 'ANSWER_FORMATS', 'OPERATOR_CARDS',
-           'TEMPLATES', 'RULES', 'SAFE_BUILTINS', 'STR_METHODS', 'LIST_METHODS', 'BANNED_NAMES', 'TOY_PROBLEMS',
-           'Problem', 'last_number', 'load_public_tests', 'public_tests_for', 'aflow_dir', 'aflow_file', 'load_aflow',
-           'after_marker', 'extract_answer', 'score_answer', 'extract_code', 'solution_program', 'code_test_program',
-           'public_test_program', 'BackendLLM', 'OperatorConfig', 'executor_text', 'check_operator_call',
-           'operator_value_error', 'Operators', 'WorkflowRules', 'operator_cards', 'generator_prompt',
-           'generator_messages', 'WorkflowInvalid', 'parse_graph', 'WorkflowReport', 'find_run_workflow',
-           'workflow_body', 'template_similarity', 'copied_problem_text', 'validate_workflow', 'check_graph',
-           'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'restore_graph_close',
+__all__ = ['Kind', 'AFLOW_BENCHMARKS', 'BENCHMARK_KINDS', 'SPLITS', 'ARITH_FORMS', 'ARITH_QUESTION', 'ARITH_SPLIT_SIZE',
+           'GENERATED_BENCHMARKS', 'NUMERIC_BENCHMARKS', 'LLM', 'OPERATORS_BY_KIND', 'OPERATOR_PARAMS',
+           'ANSWER_FORMATS', 'OPERATOR_CARDS', 'TEMPLATES', 'RULES', 'SAFE_BUILTINS', 'STR_METHODS', 'LIST_METHODS',
+           'BANNED_NAMES', 'TOY_PROBLEMS', 'Problem', 'last_number', 'load_public_tests', 'public_tests_for',
+           'aflow_dir', 'aflow_file', 'load_aflow', 'arith_expression', 'arith_value', 'arith_problems',
+           'load_benchmark', 'after_marker', 'extract_answer', 'score_answer', 'extract_code', 'solution_program',
+           'code_test_program', 'public_test_program', 'BackendLLM', 'OperatorConfig', 'executor_text',
+           'check_operator_call', 'operator_value_error', 'Operators', 'WorkflowRules', 'operator_cards',
+           'generator_prompt', 'generator_messages', 'WorkflowInvalid', 'parse_graph', 'WorkflowReport',
+           'find_run_workflow', 'workflow_body', 'template_similarity', 'copied_problem_text', 'validate_workflow',
+           'check_graph', 'workflow_globals', 'run_workflow', 'smoke_run', 'generator_params', 'restore_graph_close',
            'sample_workflows']
 
 # %% ../nbs/11_workflows.ipynb #0f726e92
 Kind = Literal["math", "qa", "code"]
+AFLOW_BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "drop", "hotpotqa", "humaneval", "mbpp")   # read from AFlow's files
 BENCHMARK_KINDS: dict[str, str] = {"gsm8k": "math", "math": "math", "drop": "qa", "hotpotqa": "qa",
-                                   "humaneval": "code", "mbpp": "code"}
+                                   "humaneval": "code", "mbpp": "code",
+                                   "arith": "math"}   # generated from a seed, no files (see `arith_problems`)
 SPLITS = ("validate", "test")
 
 @dataclass
@@ -169,7 +173,7 @@ def aflow_dir() -> Path:
 
 def aflow_file(name: str, split: str = "validate", path=None) -> Path:
     "The JSONL file of benchmark `name` and `split` (a file `path` is returned as is)."
-    if name not in BENCHMARK_KINDS: raise ValueError(f"unknown AFlow benchmark {name!r}; known: {', '.join(BENCHMARK_KINDS)}")
+    if name not in AFLOW_BENCHMARKS: raise ValueError(f"unknown AFlow benchmark {name!r}; known: {', '.join(AFLOW_BENCHMARKS)}")
     if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = aflow_dir() if path is None else Path(path)
     file = folder / f"{name}_{split}.jsonl" if folder.is_dir() or path is None else folder
@@ -196,6 +200,45 @@ def load_aflow(name: str, path=None, split: str = "validate", limit: int | None 
         out.append(problem)
     return out
 
+# %% ../nbs/11_workflows.ipynb #a7e1c0d1
+ARITH_FORMS: tuple[str, ...] = ("{a} * {b} - {c}", "{a} * {b} + {c}", "{a} * {b} + {c} * {d}")
+ARITH_QUESTION = "What is {expr}?"
+ARITH_SPLIT_SIZE = 200   # problems in each split of `arith`
+
+def arith_expression(rng: random.Random) -> str:
+    "One integer expression in Python syntax drawn with `rng`: a 4-digit number times a 2-digit one, plus or minus more."
+    return rng.choice(ARITH_FORMS).format(a=rng.randint(1000, 9999), b=rng.randint(12, 99), c=rng.randint(100, 999),
+                                          d=rng.randint(12, 99))
+
+_ARITH_OPS = {ast.Add: lambda x, y: x + y, ast.Sub: lambda x, y: x - y, ast.Mult: lambda x, y: x * y}
+
+def arith_value(expr: str) -> int:
+    "The value of an integer expression with + - * and parentheses (anything else raises ValueError)."
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int: return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS: return _ARITH_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"{ast.unparse(node)!r} is not allowed in an arith expression (integers, + - * only)")
+    return value(ast.parse(expr, mode="eval").body)
+
+def arith_problems(split: str = "validate", n: int | None = None, seed: int = 0) -> list[Problem]:
+    "The first `n` (None: all) `arith` problems of `split`: the same for the same `seed`, no expression in both splits."
+    if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n is not None and n < 0: raise ValueError(f"n must be >= 0 or None, got {n}")
+    rng, exprs = random.Random(seed), {}
+    while len(exprs) < 2 * ARITH_SPLIT_SIZE: exprs.setdefault(arith_expression(rng), None)   # distinct, in drawing order
+    pool = list(exprs)[:ARITH_SPLIT_SIZE] if split == "validate" else list(exprs)[ARITH_SPLIT_SIZE:]
+    return [Problem(f"arith-{split[0]}{i}", "arith", "math", ARITH_QUESTION.format(expr=e), str(arith_value(e)),
+                    meta={"expression": e, "seed": seed}) for i, e in enumerate(pool[:n])]
+
+GENERATED_BENCHMARKS: dict[str, Callable[..., list[Problem]]] = {"arith": arith_problems}
+
+def load_benchmark(name: str, path=None, split: str = "validate", limit: int | None = None, seed: int = 0) -> list[Problem]:
+    "Problems of benchmark `name`: a generated one from `seed` (no files, `path` unused), an AFlow one from its file."
+    if name in GENERATED_BENCHMARKS:
+        if limit is not None and limit < 0: raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        return GENERATED_BENCHMARKS[name](split, limit, seed)
+    return load_aflow(name, path, split, limit)
+
 # %% ../nbs/11_workflows.ipynb #2e83f6cc
 _MARKER = re.compile(r"(?:final\s+)?(?:answer|output)\s*(?:is)?\s*:\s*", re.I)
 
@@ -207,12 +250,14 @@ def after_marker(text: str) -> str | None:
     span = rest.splitlines()[0] if rest else ""
     return span.strip().strip("*").strip().rstrip(".").strip() or None
 
+NUMERIC_BENCHMARKS = ("gsm8k", "arith")   # scored by numeric match on the last number
+
 def extract_answer(problem: Problem, output: str | None) -> str | None:
     "The final answer in a workflow's `output`, normalised for the problem's metric (None: no answer found)."
     if not output or not str(output).strip(): return None
     text = str(output)
     if problem.kind == "code": return text.strip()
-    if problem.benchmark == "gsm8k":
+    if problem.benchmark in NUMERIC_BENCHMARKS:
         boxed = extract_boxed(text)
         return last_number(boxed) if boxed and last_number(boxed) else last_number(text)
     if problem.kind == "math":
@@ -227,7 +272,7 @@ def score_answer(problem: Problem, output: str | None) -> float:
         raise ValueError(f"{problem.id}: code problems are scored by running code_test_program(...) in the sandbox")
     pred = extract_answer(problem, output)
     if pred is None: return 0.0
-    if problem.benchmark == "gsm8k": return float(numeric_match(pred, problem.answer))
+    if problem.benchmark in NUMERIC_BENCHMARKS: return float(numeric_match(pred, problem.answer))
     if problem.kind == "math": return float(math_equal(pred, problem.answer))
     return max(word_f1(pred, g) for g in problem.answers)
 
@@ -327,6 +372,10 @@ class OperatorConfig:
     test_rounds: int = 3           # repair rounds of the test operator (LLM calls)
     test_regenerate: bool = False  # after the last failed repair, write the function afresh (the reference's test operator)
     max_candidates: int = 8        # sc_ensemble considers at most this many solutions
+    fill_solve_args: bool = False  # programmer: call a solve(n, ...) the LLM wrote anyway with None for each required argument
+
+_FILL_ARGS = ("_required = solve.__code__.co_argcount - len(solve.__defaults__ or ())\n"
+              "print(solve(*[None] * _required))\n")
 
 def executor_text(problem: Problem) -> str:
     "The problem as the operators see it (QA: passage, then question)."
@@ -423,7 +472,8 @@ class Operators:
             code = extract_code(await self._ask(base + feedback), "solve")
             if not re.search(r"def\s+solve\s*\(", code): ok, output = False, "no function solve() was defined"
             else:
-                ok, output = await _resolve(self.execute_code(code + "\n\nprint(solve())\n"))
+                call = _FILL_ARGS if self.config.fill_solve_args else "print(solve())\n"
+                ok, output = await _resolve(self.execute_code(code + "\n\n" + call))
                 output = str(output).strip()
             if ok: return f"{code}\n\nOutput: {output}"
             feedback = (f"\n\nYour previous code:\n```python\n{code}\n```\nfailed with:\n{output[-1500:]}\n"
