@@ -79,6 +79,14 @@ def engines_of(pid: int) -> int:
     return n
 
 
+def finish_counting_engines(proc, max_engines: int = 0) -> tuple[int, bytes]:
+    "Wait for `proc`, sampling how many vLLM engines run under it at once; (the most seen, its stderr)."
+    while proc.poll() is None:
+        max_engines = max(max_engines, engines_of(proc.pid))
+        time.sleep(0.2)
+    return max_engines, proc.communicate()[1]
+
+
 @pytest.mark.timeout(1500)
 def test_paper_gsm8k_end_to_end_with_kill_and_resume(tiny):
     "iSFT-DPO (one sft and one dpo iteration) of configs/paper/gsm8k.yaml, killed with -9 in its first training stage."
@@ -105,10 +113,7 @@ def test_paper_gsm8k_end_to_end_with_kill_and_resume(tiny):
     assert done_before and not (out / "iter_00" / "train").exists()
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    while proc.poll() is None:
-        max_engines = max(max_engines, engines_of(proc.pid))
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate()
+    max_engines, stderr = finish_counting_engines(proc, max_engines)
     assert proc.returncode == 0, stderr.decode()[-6000:]
     assert max_engines == 1, f"{max_engines} engines alive at once"
     for path, data in done_before.items(): assert path.read_bytes() == data, f"{path} was redone"
@@ -172,11 +177,7 @@ def test_scoreflow_paper_end_to_end(tiny, executor_server):
            *sets(scoreflow_scaled_down(str(tiny / "tiny"), executor_server.url, executor_server.model_name))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OPENAI_API_KEY": "local"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    max_engines = 0
-    while proc.poll() is None:
-        max_engines = max(max_engines, engines_of(proc.pid))
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate()
+    max_engines, stderr = finish_counting_engines(proc)
     assert proc.returncode == 0, stderr.decode()[-6000:]
     assert max_engines == 1, f"{max_engines} engines alive at once"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
