@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 from .backends import GenerationParams
-from .config import atomic_write_json, atomic_write_jsonl, from_dict, load_config, read_config_yaml, read_jsonl
+from .config import atomic_write_json, atomic_write_jsonl, from_dict, read_config_yaml, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
 from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer

@@ -360,9 +360,9 @@ def workflow_calibration(cfg: ScoreFlowConfig, split: Literal["validate", "test"
             {"problem_id": p.id, "benchmark": p.benchmark, "kind": p.kind, "method": e["workflow"], "index": 0,
              "code": e["codes"][p.kind], "valid": True, "reasons": []} for p in problems if p.kind in e["codes"])
     plain_t = cfg.executor.temperature if baselines.temperature is None else baselines.temperature
-    e = cfg.executor
-    queue = BatchingQueue(executor_backend if executor_backend is not None else make_executor_backend(e), e.max_batch, e.max_wait_s)
-    executors = {voting: BaselineExecutor(queue, dataclasses.replace(e, temperature=baselines.sample_temperature if voting else plain_t),
+    ex_cfg = cfg.executor
+    queue = BatchingQueue(executor_backend if executor_backend is not None else make_executor_backend(ex_cfg), ex_cfg.max_batch, ex_cfg.max_wait_s)
+    executors = {voting: BaselineExecutor(queue, dataclasses.replace(ex_cfg, temperature=baselines.sample_temperature if voting else plain_t),
                                           cfg.sandbox, 1, baselines.seed, progress) for voting in groups}
     t0 = time.perf_counter()
     async def run_all(): return await asyncio.gather(*(executors[v].arun(recs, problems) for v, recs in groups.items()))
