@@ -12,7 +12,8 @@ from .models import DEFAULT_MODEL
 # %% auto #0
 __all__ = ['check_out', 'check_model', 'check_run_inputs', 'check_scoreflow_inputs', 'cmd_bench_generate', 'cmd_bench_rollout',
            'calibrate_setup', 'cmd_bench_calibrate', 'cmd_bench_generator', 'cmd_bench_workflows', 'cmd_run',
-           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser', 'main']
+           'cmd_report', 'resolve_checkpoint', 'cmd_eval', 'cmd_figures', 'cmd_scoreflow', 'build_parser',
+           'stop_on_sigterm', 'main']
 
 # %% ../nbs/90_cli.ipynb #5da1ea9f
 def check_out(out: Path, flag: str = "--out"):
@@ -167,13 +168,11 @@ def cmd_bench_workflows(args) -> dict:
 # %% ../nbs/90_cli.ipynb #13aa4506
 def cmd_run(args) -> list[dict]:
     "Run (or resume) an Optima training config."
-    from optima_nb.report import analyse_run
     from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
     cfg = load_run_config(args.config, args.set)
     check_run_inputs(cfg, args.config, args.out)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
-    run.run(keep_engine=True)    # the analysis stages start on the final model's engine, and release it
-    analyse_run(run)
+    run.run()    # training, then the analysis stages (unless analysis.enabled is off)
     print(format_report(report_rows(args.out)))
     return report_rows(args.out)
 
@@ -199,10 +198,10 @@ def cmd_report(args) -> list[dict]:
 def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
     "(model, adapter) for `base`, an adapter folder or a train stage folder with checkpoint.json."
     from optima_nb.models import ModelNotFoundError
+    from optima_nb.rundir import CHECKPOINT, read_checkpoint
     if spec == "base": return model, None
     p = Path(spec)
-    if (p / "checkpoint.json").exists():
-        from optima_nb.training import read_checkpoint
+    if (p / CHECKPOINT).exists():
         ck = read_checkpoint(p, p.parent.parent)
         return ck["model"], ck["adapter"]
     if (p / "adapter_config.json").exists(): return model, str(p)
@@ -211,7 +210,8 @@ def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
 def cmd_eval(args) -> dict:
     "Evaluate a checkpoint on a config's held-out split."
     from optima_nb.evaluation import evaluate_checkpoint
-    from optima_nb.training import load_run_config, load_splits, make_backend, release_backend
+    from optima_nb.rundir import release_backend
+    from optima_nb.training import load_run_config, load_splits, make_backend
     cfg = load_run_config(args.config)
     check_run_inputs(cfg, args.config, args.out)
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
@@ -242,13 +242,17 @@ def _baseline_config(args):
 def cmd_scoreflow(args):
     "Run a ScoreFlow config, or its DPO vs Score-DPO ablation; with --baselines, then the baseline workflows and the table."
     import dataclasses
-    from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, load_scoreflow_config, run_scoreflow
+    from optima_nb.config import ConfigError
+    from optima_nb.scoreflow import ABLATION_VARIANTS, ablation, ablation_seeds, load_scoreflow_config, run_scoreflow
     cfg = load_scoreflow_config(args.config, args.set)
     baselines = _baseline_config(args)
+    if args.seeds and not args.ablation: raise ConfigError("scoreflow: --seeds repeats the ablation; add --ablation")
+    if args.seeds and baselines is not None: raise ConfigError("scoreflow: --baselines runs beside one run, not beside --seeds")
     check_scoreflow_inputs(cfg, args.config, args.out)
-    from optima_nb.training import RunDir
+    from optima_nb.rundir import RunDir
     held = RunDir(args.out).lock()      # held until we return: the baselines (and the ablation's runs) write into it too
-    if args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
+    if args.seeds: result = ablation_seeds(cfg, args.out, args.seeds, progress=not args.quiet)
+    elif args.ablation: result = ablation(cfg, args.out, progress=not args.quiet)
     else:
         result = run_scoreflow(cfg, args.out, progress=not args.quiet)
         for r in result: print(json.dumps(r))
@@ -344,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("config", type=Path); sf.add_argument("--out", type=Path, required=True)
     sf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. generator.model=/models/llama")
     sf.add_argument("--ablation", action="store_true", help="DPO vs Score-DPO on the same preference data and seeds")
+    sf.add_argument("--seeds", type=int, nargs="+", metavar="S", help="with --ablation: repeat it for each seed (seed_<S>/) and report mean +- sd")
     sf.add_argument("--baselines", action="store_true",
                     help="then run the baseline workflows (IO, CoT, CoT SC, MedPrompt, MultiPersona, Self-Refine) and write scoreflow_table.md")
     sf.add_argument("--baselines-config", type=Path, metavar="FILE", help="YAML of the baselines' settings (implies --baselines)")
@@ -351,11 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     sf.set_defaults(func=cmd_scoreflow)
     return p
 
+def stop_on_sigterm() -> None:
+    "Turn SIGTERM (a scheduler's cancel, `timeout`, `kill`) into SystemExit(143), so runs release their engines on the way out."
+    import signal, threading
+    if threading.current_thread() is threading.main_thread():   # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `optima` command."
     from optima_nb.config import ConfigError, DataError
     from optima_nb.models import ModelNotFoundError
     args = build_parser().parse_args(argv)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)

@@ -6,13 +6,13 @@
 from __future__ import annotations
 import dataclasses, json, os, re, tempfile, types, typing
 from pathlib import Path
-from typing import Any, Iterable, Iterator, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Iterator, Sequence, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
 __all__ = ['atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'DataError', 'utf8_lines', 'read_utf8', 'iter_jsonl',
            'read_jsonl', 'ConfigError', 'FieldError', 'check_bounds', 'from_dict', 'read_config_yaml', 'load_config',
-           'to_dict', 'save_config', 'config_diff']
+           'to_dict', 'save_config', 'config_diff', 'apply_overrides']
 
 # %% ../nbs/00_config.ipynb #a67a14af
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -183,3 +183,19 @@ def config_diff(old, new, prefix: str = "") -> list[str]:
     if not (isinstance(old, dict) and isinstance(new, dict)): return [] if old == new else [prefix.rstrip(".") or "(root)"]
     return [d for k in sorted(set(old) | set(new), key=str) for d in
             (config_diff(old.get(k), new.get(k), f"{prefix}{k}.") if k in old and k in new else [f"{prefix}{k}"])]
+
+# %% ../nbs/00_config.ipynb #c97a2cb2
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    "Set dotted keys (`model.name=/models/x`; values parsed as YAML) in a plain config mapping."
+    import yaml
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key: raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.name=/models/llama")
+        node, parts = data, key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict): raise ConfigError(f"--set {item!r}: {p} is not a section")
+        try: node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e: raise ConfigError(f"--set {item!r}: {key}: the value is not valid YAML ({e.problem or e}); quote it, e.g. {key}='\"...\"'") from None
+    return data
+

@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 # %% auto #0
 __all__ = ['DEFAULT_ALLOWED_IMPORTS', 'BLOCKED_EXIT', 'DENIED_IMPORT_ROOTS', 'SOURCE_NAME', 'SandboxLimits', 'SandboxResult',
            'OperatorError', 'GuardPolicy', 'audit_verdict', 'JailError', 'seccomp_program', 'Opaque', 'SolutionError',
-           'encode_value', 'decode_value', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests', 'run_tests',
-           'arun_workflow', 'run_workflow', 'arun_workflows', 'run_workflows']
+           'encode_value', 'decode_value', 'run_sync', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests',
+           'run_tests', 'arun_workflow', 'run_workflow', 'arun_workflows', 'run_workflows']
 
 # %% ../nbs/10_isolation.ipynb #364c9ee0
 DEFAULT_ALLOWED_IMPORTS = [
@@ -851,7 +851,7 @@ class _Supervisor:
         return SandboxResult(ok=False, reason=f"exit {rc}" + ("" if self.result_msg else " without a result"), **common)
 
 # %% ../nbs/10_isolation.ipynb #63d9fd75
-def _run_sync(coro):
+def run_sync(coro):
     "Run `coro` to completion from sync code, whether or not this thread already runs an event loop."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(coro)
@@ -864,7 +864,7 @@ async def arun_code(code: str, entry: str | None = None, args: Sequence = (), li
 
 def run_code(code: str, entry: str | None = None, args: Sequence = (), limits: SandboxLimits | None = None) -> SandboxResult:
     "Blocking `arun_code`."
-    return _run_sync(arun_code(code, entry, args, limits))
+    return run_sync(arun_code(code, entry, args, limits))
 
 # %% ../nbs/10_isolation.ipynb #fc828aa6
 def check_sandbox(limits: SandboxLimits | None = None) -> list[str]:
@@ -908,7 +908,7 @@ async def arun_tests(solution_code: str, test_code: str | Sequence[str], entry_p
 def run_tests(solution_code: str, test_code: str | Sequence[str], entry_point: str,
               limits: SandboxLimits | None = None, helpers: str = "") -> SandboxResult:
     "Blocking `arun_tests`."
-    return _run_sync(arun_tests(solution_code, test_code, entry_point, limits, helpers))
+    return run_sync(arun_tests(solution_code, test_code, entry_point, limits, helpers))
 
 # %% ../nbs/10_isolation.ipynb #9951ff02
 async def arun_workflow(code: str, class_name: str, operators: dict[str, Callable], problem: Any,
@@ -921,7 +921,7 @@ async def arun_workflow(code: str, class_name: str, operators: dict[str, Callabl
 def run_workflow(code: str, class_name: str, operators: dict[str, Callable], problem: Any,
                  limits: SandboxLimits | None = None, method: str = "run_workflow") -> SandboxResult:
     "Blocking `arun_workflow`."
-    return _run_sync(arun_workflow(code, class_name, operators, problem, limits, method))
+    return run_sync(arun_workflow(code, class_name, operators, problem, limits, method))
 
 async def arun_workflows(codes: Sequence[str], class_name: str,
                          operators: dict[str, Callable] | Callable[[Any], dict[str, Callable]], problems: Sequence[Any],
@@ -940,4 +940,4 @@ def run_workflows(codes: Sequence[str], class_name: str,
                   limits: SandboxLimits | None = None, method: str = "run_workflow",
                   max_concurrency: int = 8) -> list[SandboxResult]:
     "Blocking `arun_workflows`."
-    return _run_sync(arun_workflows(codes, class_name, operators, problems, limits, method, max_concurrency))
+    return run_sync(arun_workflows(codes, class_name, operators, problems, limits, method, max_concurrency))

@@ -25,13 +25,13 @@ from .tasks import AGENTS, Instance
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_chat', 'own_turn_spans', 'label_spans',
-           'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig', 'lora_config',
-           'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator', 'ScoreDPOTrainer',
-           'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained', 'build_sft_trainer',
-           'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset', 'use_base_reference',
-           'build_dpo_trainer', 'train_dpo', 'train_from_files', 'exit_with_driver', 'main', 'LauncherConfig',
-           'free_port', 'launch_command', 'run_training']
+__all__ = ['log', 'PAIR_SAMPLING_POWER', 'SCORE_FUNCTIONS', 'SCORE_COLUMNS', 'DRIVER_PID_ENV', 'render_chat', 'own_turn_spans',
+           'label_spans', 'count_tokens', 'fit_messages', 'own_turn_example', 'conversation_examples', 'TrainConfig',
+           'lora_config', 'score_dpo_loss', 'pair_sampling_weights', 'ScoreDPOConfig', 'ScoreCollator',
+           'ScoreDPOTrainer', 'mixed_precision', 'training_kwargs', 'load_policy', 'fit_and_save', 'save_trained',
+           'build_sft_trainer', 'train_sft', 'preference_rows', 'check_scores', 'data_folder', 'shared_dataset',
+           'use_base_reference', 'build_dpo_trainer', 'train_dpo', 'train_from_files', 'exit_with_driver', 'main',
+           'LauncherConfig', 'free_port', 'launch_command', 'run_training']
 
 # %% ../nbs/08_losses.ipynb #5583299a
 def render_chat(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
@@ -88,6 +88,8 @@ def conversation_examples(record: dict, instance: Instance, tokenizer, max_lengt
             for name in AGENTS if any(t["speaker"] == name for t in record["turns"])]
 
 # %% ../nbs/08_losses.ipynb #4c47edb7
+PAIR_SAMPLING_POWER = 3.0    # Score-DPO draws a pair with probability proportional to (s_w - s_l)^3 (the reference)
+
 @dataclass
 class TrainConfig:
     "Hyperparameters of one SFT or DPO training stage."
@@ -106,7 +108,7 @@ class TrainConfig:
     loss: Literal["sigmoid", "rpo", "score"] = "sigmoid"
     rpo_alpha: float = 1.0
     score_f: Literal["identity", "sqrt", "square"] = "identity"
-    score_d_power: float = 3.0
+    score_d_power: float = PAIR_SAMPLING_POWER
     pairs_per_epoch: Optional[int] = None  # Score-DPO: pairs drawn (with replacement) per epoch; None = number of pairs
     warmup_ratio: float = 0.1
     lr_scheduler: str = "cosine"
@@ -147,7 +149,7 @@ def score_dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref
     margin = f(s_w) * chosen_rewards - (1 - f(s_l)) * rejected_rewards
     return -F.logsigmoid(margin).mean(), chosen_rewards, rejected_rewards
 
-def pair_sampling_weights(chosen_scores: Sequence[float], rejected_scores: Sequence[float], power: float = 3.0) -> torch.Tensor:
+def pair_sampling_weights(chosen_scores: Sequence[float], rejected_scores: Sequence[float], power: float = PAIR_SAMPLING_POWER) -> torch.Tensor:
     "Sampling weight of each pair: (s_w - s_l)^power, and 0 where s_w <= s_l."
     gap = torch.as_tensor(list(chosen_scores), dtype=torch.float64) - torch.as_tensor(list(rejected_scores), dtype=torch.float64)
     return torch.where(gap > 0, gap.clamp(min=0) ** power, torch.zeros_like(gap))
@@ -157,7 +159,7 @@ def pair_sampling_weights(chosen_scores: Sequence[float], rejected_scores: Seque
 class ScoreDPOConfig(DPOConfig):
     "`DPOConfig` plus the Score-DPO settings."
     score_f: str = field(default="identity", metadata={"help": f"f applied to the scores: {', '.join(SCORE_FUNCTIONS)}"})
-    score_d_power: float = field(default=3.0, metadata={"help": "pairs are drawn with probability proportional to (s_w - s_l)^power"})
+    score_d_power: float = field(default=PAIR_SAMPLING_POWER, metadata={"help": "pairs are drawn with probability proportional to (s_w - s_l)^power"})
     pairs_per_epoch: Optional[int] = field(default=None, metadata={"help": "pairs drawn per epoch (with replacement); None = dataset size"})
 
 class ScoreCollator:

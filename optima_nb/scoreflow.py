@@ -6,7 +6,6 @@
 from __future__ import annotations
 import asyncio, dataclasses, gc, json, os, re, shutil, statistics, time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -14,11 +13,12 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 from .backends import GenerationParams
-from .config import atomic_write_json, atomic_write_jsonl, from_dict, read_config_yaml, read_jsonl
-from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow
-from .losses import LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
+from .config import apply_overrides, atomic_write_json, atomic_write_jsonl, from_dict, read_config_yaml, read_jsonl
+from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow, run_sync
+from .losses import PAIR_SAMPLING_POWER, LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
-from .training import ENGINE_PIDS, RunDir, apply_overrides, checkpoint_of, read_checkpoint, reap_stale_engines, record_engine, release_backend, write_checkpoint
+from .rundir import (BASE, ENGINE_PIDS, EVALUATE, PAIRS, RECORDS, SCORED, TEST, TRAIN, WORKFLOWS, Checkpoint, RunDir, StagedRun,
+                              derive_seed, read_checkpoint, record_engine, release_backend)
 from .workflows import (AFLOW_BENCHMARKS, BENCHMARK_KINDS, GENERATED_BENCHMARKS, BackendLLM, OperatorConfig, Operators, Problem,
                                  code_test_program, extract_answer, generator_messages, load_benchmark, public_test_program,
                                  sample_workflows, score_answer, validate_workflow, TOY_PROBLEMS)
@@ -31,7 +31,8 @@ __all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'Generato
            'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowExecutor', 'build_pairs',
            'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend', 'ScoreFlowRun',
            'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation',
-           'format_ablation']
+           'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach', 'format_ablation_seeds',
+           'ablation_seeds']
 
 # %% ../nbs/12_scoreflow.ipynb #cef2f541
 @dataclass
@@ -357,12 +358,6 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
 
 # %% ../nbs/12_scoreflow.ipynb #0886ea83
-def _run_sync(coro):
-    "Run `coro` to completion from sync code, also when this thread already runs an event loop (Jupyter)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as pool: return pool.submit(asyncio.run, coro).result()
-
 class WorkflowExecutor:
     "Run and score workflow records in the sandbox; operator LLM calls of concurrent runs are batched."
     def __init__(self, backend, executor: ExecutorConfig | None = None, sandbox: SandboxConfig | None = None,
@@ -430,7 +425,7 @@ class WorkflowExecutor:
 
     def smoke(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
         "Blocking `asmoke`."
-        return _run_sync(self.asmoke(items))
+        return run_sync(self.asmoke(items))
 
     def _prepare(self, rec: dict, problem: Problem) -> str | None:
         "The code to run for a record (validated again here), or None with `rec['reason']` set."
@@ -470,7 +465,7 @@ class WorkflowExecutor:
 
     def run(self, records: Sequence[dict], problems: Sequence[Problem], judge: bool = False) -> list[dict]:
         "Blocking `arun`."
-        return _run_sync(self.arun(records, problems, judge))
+        return run_sync(self.arun(records, problems, judge))
 
     def close(self):
         "Stop the batching queue."
@@ -498,14 +493,14 @@ def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[di
                                   "chosen_seed_workflow": w.get("seed_workflow"), "rejected_seed_workflow": l.get("seed_workflow")})
     return pairs
 
-def pair_draw(pairs: Sequence[dict], n: int | None, power: float = 3.0, seed: int = 0) -> list[int]:
+def pair_draw(pairs: Sequence[dict], n: int | None, power: float = PAIR_SAMPLING_POWER, seed: int = 0) -> list[int]:
     "Indices of the draw `ScoreDPOTrainer` makes: `n` (None: len(pairs)) with replacement, P ~ (s_w - s_l)^power, seeded."
     weights = pair_sampling_weights([p["chosen_score"] for p in pairs], [p["rejected_score"] for p in pairs], power)
     sampler = WeightedRandomSampler(weights, num_samples=n or len(pairs), replacement=True,
                                     generator=torch.Generator().manual_seed(seed))
     return list(sampler)
 
-def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = 3.0, seed: int = 0) -> list[dict]:
+def resample_pairs(pairs: Sequence[dict], n: int | None, power: float = PAIR_SAMPLING_POWER, seed: int = 0) -> list[dict]:
     "The pairs of `pair_draw`, in draw order."
     return [pairs[i] for i in pair_draw(pairs, n, power, seed)]
 
@@ -519,8 +514,6 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
     return run_training("dpo", base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter, launcher)
 
 # %% ../nbs/12_scoreflow.ipynb #e331fc61
-_STAGE_OFFSETS = {"generate": 0, "evaluate": 1}
-
 def make_executor_backend(e: ExecutorConfig):
     "The executor's generation backend: the OpenAI-compatible endpoint, or the local model (on the GPU when there is one)."
     if e.kind == "openai":
@@ -530,15 +523,13 @@ def make_executor_backend(e: ExecutorConfig):
     return HFBackend.from_pretrained(e.model, device="cuda" if torch.cuda.is_available() else "cpu",
                                      max_batch_size=e.max_batch_size, max_batch_tokens=e.max_batch_tokens)
 
-class ScoreFlowRun:
-    "A ScoreFlow run over a resumable run directory: base evaluation, iterations of generate/execute/pairs/train/evaluate, test."
+class ScoreFlowRun(StagedRun):
+    "A ScoreFlow run: warm start, base evaluation, iterations of generate/execute/pairs/train/evaluate, then the test split."
     def __init__(self, cfg: ScoreFlowConfig, out, progress: bool = True, generator_factory: Callable | None = None,
                  executor_backend=None):
-        self.cfg, self.progress = cfg, progress
-        self.rd = RunDir(out).open(cfg)
+        super().__init__(cfg, out, progress)
         self.generator_factory, self.executor_backend = generator_factory, executor_backend
         self._gen_key = self._gen = self._vllm = self._executor = None
-        reap_stale_engines(self.rd.root / ENGINE_PIDS)   # the vLLM engine of a killed run outlives it
         self._splits: dict[str, tuple[list[Problem], dict[str, str]]] = {}
 
     # --- resources ---
@@ -547,14 +538,13 @@ class ScoreFlowRun:
         if name not in self._splits: self._splits[name] = load_split(self.cfg, name)
         return self._splits[name][0]
 
-    def checkpoint(self, iteration) -> dict:
+    def checkpoint(self, iteration) -> Checkpoint:
         "The generator after `iteration` (-1: the base model, or the warm-started one; runs the warm start if needed)."
-        if iteration < 0:
-            if self.cfg.warm_start is None: return {"model": self.cfg.generator.model, "adapter": None}
-            return read_checkpoint(self.warm_start(), self.rd.root)
-        return read_checkpoint(self.rd.path(iteration, "train"), self.rd.root)
+        if iteration >= 0: return self.trained(iteration)
+        if self.cfg.warm_start is None: return {"model": self.cfg.generator.model, "adapter": None}
+        return read_checkpoint(self.warm_start(), self.rd.root)
 
-    def generator(self, ck: dict):
+    def generator(self, ck: Checkpoint):
         "A generation backend for checkpoint `ck` (reused while the checkpoint stays the same)."
         key = (ck["model"], ck["adapter"])
         if key != self._gen_key:
@@ -592,14 +582,14 @@ class ScoreFlowRun:
             self._executor = WorkflowExecutor(backend, e, self.cfg.sandbox, self.cfg.executions, self.cfg.seed, self.progress)
         return self._executor
 
-    def close(self):
-        "Stop the executor's queue and drop the generator."
+    def release(self):
+        "Stop the executor's queue and shut the generator down."
         if self._executor is not None: self._executor.close(); self._executor = None
         self.release_generator(engine=True)
 
-    def _seed(self, stage: str, iteration) -> int:
-        index = {"base": -1, "test": 9999}.get(iteration, iteration)
-        return self.cfg.seed * 100_000 + (index + 1) * 10 + _STAGE_OFFSETS[stage]
+    close = release
+
+    def _seed(self, stage: str, iteration) -> int: return derive_seed(self.cfg.seed, f"scoreflow.{stage}", iteration)
 
     def _sample(self, problems, ck, k: int, seed: int) -> list[dict]:
         g = self.cfg.generator
@@ -609,126 +599,94 @@ class ScoreFlowRun:
                                 batch_check=check)
         return [{**r, "seed_workflow": None} for r in recs]
 
+    def _train(self, tmp: Path, init: Checkpoint, train: Callable[[Path], Path], cfg: TrainConfig) -> Checkpoint:
+        "Train (generator released first) into `tmp`, then record the checkpoint it produced."
+        self.release_generator(engine=True)
+        return self.record_trained(tmp, init, train(tmp / ("adapter" if cfg.lora else "model")))
+
     # --- stages ---
     def warm_start(self) -> Path:
         "SFT of the base generator on the seed workflows of the validation problems (only with a `warm_start` section)."
         if self.cfg.warm_start is None: raise ValueError("this run has no warm_start section")
-        def fn(tmp):
-            model = self.cfg.generator.model
-            examples = warm_start_examples(self.split("validate"), load_tokenizer(model), self.cfg.warm_start.max_length,
-                                           per_problem=self.cfg.warm_start_seeds)
-            self.release_generator(engine=True)
-            out = run_training("sft", model, examples, self.cfg.warm_start, tmp / ("adapter" if self.cfg.warm_start.lora else "model"),
-                               launcher=self.cfg.launcher)
-            ck = checkpoint_of({"model": model, "adapter": None}, out)
-            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
+        def compute(tmp):
+            model, w = self.cfg.generator.model, self.cfg.warm_start
+            examples = warm_start_examples(self.split("validate"), load_tokenizer(model), w.max_length, per_problem=self.cfg.warm_start_seeds)
+            self._train(tmp, {"model": model, "adapter": None}, lambda out: run_training("sft", model, examples, w, out, launcher=self.cfg.launcher), w)
             return {"n_examples": len(examples)}
-        return self.rd.stage("base", "warm_start", fn)
+        return self.stage(BASE, "warm_start", compute)
 
     def generate(self, i: int) -> Path:
         "k workflows per validation problem from the generator of iteration i-1 (plus the seeds in iteration 0, if on)."
-        def fn(tmp):
+        def compute(tmp):
             problems = self.split("validate")
-            recs = self._sample(problems, self.checkpoint(i - 1), self.cfg.k, self._seed("generate", i))
+            sampled = self._sample(problems, self.checkpoint(i - 1), self.cfg.k, self._seed("generate", i))
+            recs = sampled
             if i == 0 and self.cfg.seed_workflows:
-                sampled = recs
-                recs = []
-                for p in problems: recs += [x for x in sampled if x["problem_id"] == p.id] + seed_records(p, self.cfg.k)
-            atomic_write_jsonl(tmp / "workflows.jsonl", recs)
-            sampled = [r for r in recs if r["seed_workflow"] is None]
-            return {"n_workflows": len(recs), "n_valid": sum(r["valid"] for r in sampled), "n_sampled": len(sampled),
-                    "n_seeds": len(recs) - len(sampled)}
-        return self.rd.stage(i, "generate", fn)
+                recs = [x for p in problems for x in [s for s in sampled if s["problem_id"] == p.id] + seed_records(p, self.cfg.k)]
+            return {WORKFLOWS: recs}, {"n_workflows": len(recs), "n_valid": sum(r["valid"] for r in sampled), "n_sampled": len(sampled),
+                                       "n_seeds": len(recs) - len(sampled)}
+        return self.stage(i, "generate", compute)
 
     def execute(self, i: int) -> Path:
         "Run every workflow `executions` times in the sandbox and score it."
-        def fn(tmp):
-            recs = read_jsonl(self.rd.path(i, "generate") / "workflows.jsonl")
-            scored = self.executor().run(recs, self.split("validate"))
-            atomic_write_jsonl(tmp / "scored.jsonl", scored)
+        def compute(tmp):
+            scored = self.executor().run(self.rd.read(i, "generate", WORKFLOWS), self.split("validate"))
             runs = [x for r in scored for x in r["executions"]]
-            return {"n_runs": len(runs), "n_failed_runs": sum(not x["ok"] for x in runs),
-                    "mean_score": statistics.fmean(r["score"] for r in scored) if scored else 0.0,
-                    "n_scored_above_0": sum(r["score"] > 0 for r in scored)}
-        return self.rd.stage(i, "execute", fn)
+            return {SCORED: scored}, {"n_runs": len(runs), "n_failed_runs": sum(not x["ok"] for x in runs),
+                                      "mean_score": statistics.fmean(r["score"] for r in scored) if scored else 0.0,
+                                      "n_scored_above_0": sum(r["score"] > 0 for r in scored)}
+        return self.stage(i, "execute", compute)
 
     def pairs(self, i: int) -> Path:
         "Preference pairs of iteration i."
-        def fn(tmp):
-            pairs = build_pairs(read_jsonl(self.rd.path(i, "execute") / "scored.jsonl"), self.split("validate"))
-            atomic_write_jsonl(tmp / "pairs.jsonl", pairs)
-            return {"n_pairs": len(pairs)}
-        return self.rd.stage(i, "pairs", fn)
+        def compute(tmp):
+            pairs = build_pairs(self.rd.read(i, "execute", SCORED), self.split("validate"))
+            return {PAIRS: pairs}, {"n_pairs": len(pairs)}
+        return self.stage(i, "pairs", compute)
 
     def train(self, i: int) -> Path:
         "Score-DPO (or the configured loss) from the previous adapter; keeps the previous checkpoint when there is no pair."
-        def fn(tmp):
-            init = self.checkpoint(i - 1)
-            pairs = read_jsonl(self.rd.path(i, "pairs") / "pairs.jsonl")
-            if not pairs:
-                write_checkpoint(tmp, self.rd.root, init["model"], Path(init["adapter"]) if init["adapter"] else None)
-                return {"skipped": "no preference pairs (all candidates of each problem scored the same)"}
-            self.release_generator(engine=True)
-            cfg = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i)
-            n_draw = pairs_to_draw(self.cfg, pairs)
-            out = train_generator(init["model"], pairs, cfg, n_draw, tmp / ("adapter" if cfg.lora else "model"),
-                                  init["adapter"], self.cfg.launcher)
-            ck = checkpoint_of(init, out)
-            write_checkpoint(tmp, self.rd.root, ck["model"], ck["adapter"])
+        def compute(tmp):
+            init, pairs = self.checkpoint(i - 1), self.rd.read(i, "pairs", PAIRS)
+            if not pairs: return self.keep_checkpoint(tmp, init, "no preference pairs (all candidates of each problem scored the same)")
+            cfg, n_draw = dataclasses.replace(self.cfg.train, seed=self.cfg.train.seed + i), pairs_to_draw(self.cfg, pairs)
+            self._train(tmp, init, lambda out: train_generator(init["model"], pairs, cfg, n_draw, out, init["adapter"], self.cfg.launcher), cfg)
             return {"loss": cfg.loss, "n_pairs": len(pairs), "n_pairs_trained": n_draw or len(pairs)}
-        return self.rd.stage(i, "train", fn)
+        return self.stage(i, TRAIN, compute)
 
     def evaluate(self, iteration) -> Path:
         "One fresh workflow per problem, executed `executions` times: validation ('base' or i) or test ('test')."
-        split = "test" if iteration == "test" else "validate"
-        ck_index = {"base": -1, "test": self.cfg.iterations - 1}.get(iteration, iteration)
-        def fn(tmp):
+        split = "test" if iteration == TEST else "validate"
+        ck_index = {BASE: -1, TEST: self.cfg.iterations - 1}.get(iteration, iteration)
+        def compute(tmp):
             problems = self.split(split)
             recs = self._sample(problems, self.checkpoint(ck_index), 1, self._seed("evaluate", iteration)) if problems else []
             scored = self.executor().run(recs, problems, judge=split == "test") if recs else []
-            atomic_write_jsonl(tmp / "records.jsonl", scored)
-            return {"split": split, **summarize_scores(scored), "missing": self._splits[split][1]}
-        return self.rd.stage(iteration, "evaluate", fn)
+            return {RECORDS: scored}, {"split": split, **summarize_scores(scored), "missing": self._splits[split][1]}
+        return self.stage(iteration, EVALUATE, compute)
 
-    # --- the loop ---
-    def run(self) -> list[dict]:
-        "Base evaluation, every iteration, the test stage; returns the metrics rows."
-        try:
-            if self.cfg.warm_start is not None: self.warm_start()
-            self.evaluate("base"); self.write_metrics()
-            for i in tqdm(range(self.cfg.iterations), desc="iterations", disable=not self.progress):
-                self.generate(i); self.execute(i); self.pairs(i); self.train(i); self.evaluate(i)
-                self.write_metrics()
-            self.evaluate("test")
-            return self.write_metrics()
-        finally:
-            self.close()
+    # --- the pipeline ---
+    def stages(self) -> None:
+        if self.cfg.warm_start is not None: self.warm_start()
+        self.evaluate(BASE); self.write_metrics()
+        for i in tqdm(range(self.cfg.iterations), desc="iterations", disable=not self.progress):
+            self.generate(i); self.execute(i); self.pairs(i); self.train(i); self.evaluate(i)
+            self.write_metrics()
+        self.evaluate(TEST)
 
-    def metrics(self) -> list[dict]:
-        "One row per finished evaluation: scores per benchmark, counts of the iteration's stages and its wall time."
-        rows = []
-        for it in ["base", *range(self.cfg.iterations), "test"]:
-            if not self.rd.done(it, "evaluate"): continue
-            folder = self.rd.path(it, "evaluate").parent
-            infos = {p.name: json.loads((p / "DONE").read_text()) for p in sorted(folder.iterdir()) if (p / "DONE").exists()}
-            ev = infos["evaluate"]
-            row = {"iteration": it, "split": ev["split"], "mean_score": ev["mean_score"], "score": ev["score"],
-                   "n_problems": ev["n_problems"], "eval_valid": ev["n_valid"]}
-            if "warm_start" in infos: row["warm_start_examples"] = infos["warm_start"]["n_examples"]
-            if "generate" in infos: row.update({k: infos["generate"][k] for k in ("n_workflows", "n_sampled", "n_valid", "n_seeds")})
-            if "execute" in infos: row.update(train_mean_score=infos["execute"]["mean_score"], n_failed_runs=infos["execute"]["n_failed_runs"])
-            if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
-            if "train" in infos: row.update({k: infos["train"][k] for k in ("n_pairs_trained", "skipped", "loss") if k in infos["train"]})
-            if ev.get("missing"): row["missing"] = sorted(ev["missing"])
-            row["wall_s"] = round(sum(v["wall_s"] for v in infos.values()), 2)
-            rows.append(row)
-        return rows
+    def evaluated_iterations(self) -> list: return [BASE, *range(self.cfg.iterations), TEST]
 
-    def write_metrics(self) -> list[dict]:
-        "Rewrite metrics.jsonl atomically from the finished stages; return the rows."
-        rows = self.metrics()
-        atomic_write_jsonl(self.rd.root / "metrics.jsonl", rows)
-        return rows
+    def metrics_row(self, it, infos: dict[str, dict]) -> dict:
+        ev = infos[EVALUATE]
+        row = {"iteration": it, "split": ev["split"], "mean_score": ev["mean_score"], "score": ev["score"],
+               "n_problems": ev["n_problems"], "eval_valid": ev["n_valid"]}
+        if "warm_start" in infos: row["warm_start_examples"] = infos["warm_start"]["n_examples"]
+        if "generate" in infos: row.update({k: infos["generate"][k] for k in ("n_workflows", "n_sampled", "n_valid", "n_seeds")})
+        if "execute" in infos: row.update(train_mean_score=infos["execute"]["mean_score"], n_failed_runs=infos["execute"]["n_failed_runs"])
+        if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
+        if TRAIN in infos: row.update({k: infos[TRAIN][k] for k in ("n_pairs_trained", "skipped", "loss") if k in infos[TRAIN]})
+        if ev.get("missing"): row["missing"] = sorted(ev["missing"])
+        return row
 
 def summarize_scores(scored: Sequence[dict]) -> dict:
     "Mean workflow score per benchmark, their mean (each benchmark counts once), and counts."
@@ -816,3 +774,45 @@ def format_ablation(table: Sequence[dict]) -> str:
     for t in table:
         lines.append(f"{str(t['iteration']):>9} {t['split']:>8} " + " ".join(f"{t[n]:>10.3f}" if t[n] is not None else f"{'-':>10}" for n in names))
     return "\n".join(lines)
+
+# %% ../nbs/12_scoreflow.ipynb #0a95400d
+def seeded_config(cfg: ScoreFlowConfig, seed: int) -> ScoreFlowConfig:
+    "`cfg` with every seed moved to `seed`: the run's (generation, execution), the training's and the warm start's."
+    warm = None if cfg.warm_start is None else dataclasses.replace(cfg.warm_start, seed=seed)
+    return dataclasses.replace(cfg, seed=seed, train=dataclasses.replace(cfg.train, seed=seed), warm_start=warm)
+
+def summarize_ablation(tables: dict[int, Sequence[dict]]) -> list[dict]:
+    "Mean, sample sd and the per-seed scores of each variant per iteration, from the `ablation` tables by seed."
+    rows = []
+    for k, t in enumerate(next(iter(tables.values()))):
+        row = {"iteration": t["iteration"], "split": t["split"], "n_seeds": len(tables)}
+        for name in ABLATION_VARIANTS:
+            vals = [tab[k][name] for tab in tables.values() if tab[k][name] is not None]
+            row[name] = {"mean": statistics.fmean(vals) if vals else None, "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "scores": vals}
+        rows.append(row)
+    return rows
+
+def iterations_to_reach(rows: Sequence[dict], variant: str = "score-dpo", target: str = "dpo") -> int | None:
+    "Training iterations `variant` needs for its mean validation score to reach `target`'s final one (0: at the start; None: never)."
+    val = [r for r in rows if r["split"] == "validate"]
+    goal = val[-1][target]["mean"]
+    return next((0 if r["iteration"] == BASE else r["iteration"] + 1 for r in val if r[variant]["mean"] >= goal), None)
+
+def format_ablation_seeds(rows: Sequence[dict]) -> str:
+    "The multi-seed ablation as text: mean +- sd per iteration for each variant."
+    names = list(ABLATION_VARIANTS)
+    lines = [f"{'iteration':>9} {'split':>8} " + " ".join(f"{n:>15}" for n in names)]
+    cell = lambda v: f"{v['mean']:.3f} ± {v['sd']:.3f}" if v["mean"] is not None else "-"
+    for r in rows: lines.append(f"{str(r['iteration']):>9} {r['split']:>8} " + " ".join(f"{cell(r[n]):>15}" for n in names))
+    return "\n".join(lines + [f"seeds: {rows[0]['n_seeds']}; iterations Score-DPO needs to reach DPO's final validation score: "
+                               f"{iterations_to_reach(rows)}"])
+
+def ablation_seeds(cfg: ScoreFlowConfig, out_dir, seeds: Sequence[int], progress: bool = True, **run_kwargs) -> dict:
+    "`ablation` once per seed (into `seed_<s>/`), then mean +- sd per iteration; written to `ablation_seeds.json`."
+    out_dir = Path(out_dir)
+    tables = {s: ablation(seeded_config(cfg, s), out_dir / f"seed_{s}", progress, **run_kwargs)["table"] for s in seeds}
+    rows = summarize_ablation(tables)
+    atomic_write_json(out_dir / "ablation_seeds.json", {"variants": ABLATION_VARIANTS, "seeds": list(seeds), "rows": rows,
+                                                        "iterations_to_reach": iterations_to_reach(rows)})
+    print(format_ablation_seeds(rows))
+    return {"rows": rows, "tables": tables}

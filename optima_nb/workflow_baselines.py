@@ -12,9 +12,10 @@ from typing import Literal, Optional, Sequence
 from tqdm.auto import tqdm
 from .config import ConfigError, atomic_write_json, atomic_write_jsonl, atomic_write_text, load_config, read_jsonl
 from .backends import BatchingQueue
-from .scoreflow import (SEED_WORKFLOWS, ScoreFlowConfig, ScoreFlowRun, WorkflowExecutor, _run_sync, load_scoreflow_config,
+from .scoreflow import (SEED_WORKFLOWS, ScoreFlowConfig, ScoreFlowRun, WorkflowExecutor, load_scoreflow_config,
                                  load_split, make_executor_backend)
-from .training import RunDir
+from .isolation import run_sync
+from .rundir import RunDir
 from .workflows import BENCHMARK_KINDS, OPERATORS_BY_KIND, Problem, WorkflowRules, validate_workflow
 
 # %% auto #0
@@ -366,7 +367,7 @@ def workflow_calibration(cfg: ScoreFlowConfig, split: Literal["validate", "test"
                                           cfg.sandbox, 1, baselines.seed, progress) for voting in groups}
     t0 = time.perf_counter()
     async def run_all(): return await asyncio.gather(*(executors[v].arun(recs, problems) for v, recs in groups.items()))
-    try: scored = [r for part in _run_sync(run_all()) for r in part]
+    try: scored = [r for part in run_sync(run_all()) for r in part]
     finally:
         for ex in executors.values(): ex.close()
         queue.close()
