@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, functools, random, re, time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, TypedDict
 from tqdm.auto import tqdm
 from .backends import Backend, GenerationParams
 from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_answer, extract_tag_answer, normalize_answer
@@ -14,8 +14,8 @@ from .tasks import TASK_SPECS, Instance, TaskSpec, extract_boxed, extract_line_a
 # %% auto #0
 __all__ = ['CONCISE_RULE', 'IE_PROMPT', 'SOLVER_PROMPT', 'CRITIC_PROMPT', 'CRITIC_RULES', 'ANSWER_HINTS', 'ANSWER_EXAMPLES',
            'FORMAT_EXAMPLES', 'ConversationConfig', 'other_agent', 'prompt_variants', 'system_prompt', 'agent_view',
-           'clean_message', 'parse_answer', 'same_answer', 'Conversation', 'make_conversations', 'play', 'rollout',
-           'bench_rollout', 'bench_engines', 'measure_task']
+           'clean_message', 'parse_answer', 'same_answer', 'Turn', 'Trajectory', 'Conversation', 'make_conversations',
+           'play', 'rollout', 'bench_rollout', 'bench_engines', 'measure_task']
 
 # %% ../nbs/05_conversation.ipynb #91bcbd20
 from .tasks import AGENTS
@@ -128,6 +128,25 @@ def same_answer(a: str | None, b: str | None, spec: TaskSpec) -> bool:
     return normalize_answer(a) == normalize_answer(b)
 
 # %% ../nbs/05_conversation.ipynb #fd098692
+class Turn(TypedDict):
+    "One message of a conversation."
+    speaker: str                   # "Alice" or "Bob"
+    text: str
+    n_tokens: int                  # generated tokens, end-of-sequence excluded (the same on every backend)
+    finish_reason: Optional[str]   # "stop", "length", ...
+    answer: Optional[str]          # the answer this message states, if any
+
+class Trajectory(TypedDict):
+    "A finished conversation as stored in a run directory (one JSON line)."
+    instance_id: str
+    task: str
+    variant: int
+    sample: int
+    turns: list[Turn]
+    final_answer: Optional[str]
+    stop_reason: Optional[str]
+    n_tokens: int
+
 @dataclass
 class Conversation:
     "One two-agent rollout: instance, prompt variant, sample index and the turns so far."
@@ -164,7 +183,7 @@ class Conversation:
         if same_answer(answer, previous, self.spec): self.stop_reason = "agreed"
         elif len(self.turns) >= max_turns: self.stop_reason = "max_turns"
 
-    def to_record(self) -> dict:
+    def to_record(self) -> Trajectory:
         "Plain trajectory record."
         answers = self.answers
         return {"instance_id": self.instance.id, "task": self.instance.task, "variant": self.variant, "sample": self.sample,
@@ -206,7 +225,7 @@ def play(convs: Sequence[Conversation], backend: Backend, cfg: ConversationConfi
     return list(convs)
 
 def rollout(instances: Sequence[Instance], backend: Backend, cfg: ConversationConfig, n_samples: int = 1,
-            variants: str | int | Sequence[int] = 0, seed: int = 0, lockstep: bool = True, progress: bool = False) -> list[dict]:
+            variants: str | int | Sequence[int] = 0, seed: int = 0, lockstep: bool = True, progress: bool = False) -> list[Trajectory]:
     "Trajectory records for `n_samples` conversations per instance."
     convs = make_conversations(instances, n_samples, variants, seed)
     return [c.to_record() for c in play(convs, backend, cfg, seed, lockstep, progress)]

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, dataclasses, math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, TypedDict
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 from tqdm.auto import tqdm
@@ -18,8 +18,8 @@ from .tasks import AGENTS, TASK_SPECS, Instance, TaskSpec
 # %% auto #0
 __all__ = ['RewardFn', 'MCTSConfig', 'normalized_distance', 'Node', 'Tree', 'prefix_finished', 'is_expandable',
            'is_reference_candidate', 'select_candidates', 'softmax_sample', 'select_node', 'rollout_conversations',
-           'rollout_settings', 'run_round', 'build_trees', 'value_score', 'sibling_pair', 'keep_count', 'extract_pairs',
-           'tree_to_dict', 'tree_from_dict']
+           'rollout_settings', 'run_round', 'build_trees', 'PreferencePair', 'value_score', 'sibling_pair',
+           'keep_count', 'extract_pairs', 'tree_to_dict', 'tree_from_dict']
 
 # %% ../nbs/07_mcts.ipynb #1053c7af
 @dataclass
@@ -227,11 +227,26 @@ def build_trees(instances: Sequence[Instance], backend: Backend, conv_cfg: Conve
     return trees
 
 # %% ../nbs/07_mcts.ipynb #e45569bf
+class PreferencePair(TypedDict):
+    "Two sibling turns of an MCTS tree after the same prefix: the better (chosen) and the worse (rejected) one."
+    instance_id: str
+    task: str
+    depth: int                 # turns in the shared prefix
+    speaker: str               # whose turn the pair is
+    prefix: list[dict]         # the shared conversation so far
+    prompt: list[dict]         # that speaker's chat messages for the turn
+    chosen: str
+    rejected: str
+    chosen_value: float        # MCTS node values
+    rejected_value: float
+    chosen_score: float        # the values mapped to [0, 1] (Score-DPO's s_w, s_l)
+    rejected_score: float
+
 def value_score(value: float, cfg: MCTSConfig) -> float:
     "A node value mapped to a score in [0, 1]: clip((value - score_low) / (score_high - score_low), 0, 1)."
     return float(min(1.0, max(0.0, (value - cfg.score_low) / (cfg.score_high - cfg.score_low))))
 
-def sibling_pair(tree: Tree, node_id: int, cfg: MCTSConfig) -> dict | None:
+def sibling_pair(tree: Tree, node_id: int, cfg: MCTSConfig) -> PreferencePair | None:
     "The (best child, worst child) pair below `node_id`, or None if it has < 2 children or fails the thresholds."
     kids = [tree.nodes[c] for c in tree.nodes[node_id].children]
     if len(kids) < 2: return None
@@ -247,7 +262,7 @@ def keep_count(n: int, fraction: float, all_below: float = 0.7) -> int:
     "How many of `n` pairs to keep: floor(n * fraction), or all `n` when floor(n * all_below) < 1 (the reference)."
     return n if int(n * all_below) < 1 else int(n * fraction)
 
-def extract_pairs(trees: Sequence[Tree], cfg: MCTSConfig) -> list[dict]:
+def extract_pairs(trees: Sequence[Tree], cfg: MCTSConfig) -> list[PreferencePair]:
     "Preference pairs from sibling turns, filtered, the top fraction per instance by chosen value."
     by_instance: dict[str, list[dict]] = {}
     for tree in trees:

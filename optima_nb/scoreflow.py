@@ -8,7 +8,7 @@ import asyncio, dataclasses, gc, json, os, re, shutil, statistics, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence, TypedDict
 import torch
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
@@ -28,11 +28,11 @@ __all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'Generato
            'paper_train_config', 'ScoreFlowConfig', 'pairs_to_draw', 'load_scoreflow_config', 'load_split',
            'seed_records', 'rotating_seeds', 'warm_start_examples', 'public_view', 'hidden_test_code',
            'workflow_limits', 'code_limits', 'ExecutorLLM', 'test_helpers', 'sandboxed_operators', 'operator_proxies',
-           'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowExecutor', 'build_pairs',
-           'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend', 'ScoreFlowRun',
-           'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage', 'ablation',
-           'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach', 'format_ablation_seeds',
-           'ablation_seeds']
+           'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowRecord', 'WorkflowResult',
+           'WorkflowExecutor', 'build_pairs', 'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend',
+           'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage',
+           'ablation', 'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach',
+           'format_ablation_seeds', 'ablation_seeds']
 
 # %% ../nbs/22_scoreflow.ipynb #cef2f541
 @dataclass
@@ -240,7 +240,7 @@ return await self.test(solution=better)'''),
     },
 }
 
-def seed_records(problem: Problem, start_index: int) -> list[dict]:
+def seed_records(problem: Problem, start_index: int) -> list[WorkflowRecord]:
     "Workflow records (the `sample_workflows` layout) of the seed workflows for `problem`, indexed from `start_index`."
     out = []
     for j, (name, code) in enumerate(SEED_WORKFLOWS[problem.kind].items()):
@@ -358,6 +358,28 @@ async def score_output(problem: Problem, output: str, sandbox: SandboxConfig) ->
     return score_answer(problem, output), answer, None if answer is not None else "no answer found"
 
 # %% ../nbs/22_scoreflow.ipynb #0886ea83
+class WorkflowRecord(TypedDict):
+    "A candidate workflow for one problem: sampled (`sample_workflows`) or hand-written (`seed_records`)."
+    problem_id: str
+    benchmark: str
+    kind: str                      # math, qa or code
+    index: int                     # its place among the problem's candidates
+    attempts: int                  # resampling rounds it took
+    reasons: list[str]             # why earlier attempts were invalid
+    text: str                      # the generator's reply (what Score-DPO trains on)
+    code: Optional[str]            # the validated workflow code, None when invalid
+    valid: bool
+    n_tokens: int
+    n_calls: int                   # operator calls in the code
+    seed_workflow: Optional[str]   # the hand-written workflow's name, None when sampled
+
+class WorkflowResult(WorkflowRecord):
+    "A workflow after execution: every sandboxed run (`executions`), their scores and the mean (`score`)."
+    reason: Optional[str]          # the first failure (invalid code, timeout, exception), None when all runs succeeded
+    executions: list[dict]
+    scores: list[float]
+    score: float
+
 class WorkflowExecutor:
     "Run and score workflow records in the sandbox; operator LLM calls of concurrent runs are batched."
     def __init__(self, backend, executor: ExecutorConfig | None = None, sandbox: SandboxConfig | None = None,
@@ -439,7 +461,7 @@ class WorkflowExecutor:
             return None
         return code
 
-    async def arun(self, records: Sequence[dict], problems: Sequence[Problem], judge: bool = False) -> list[dict]:
+    async def arun(self, records: Sequence[WorkflowRecord], problems: Sequence[Problem], judge: bool = False) -> list[WorkflowResult]:
         "Copies of `records` with their executions and scores (`judge`: the test stage, where the LLM judge applies if on)."
         by_id = {p.id: p for p in problems}
         out, jobs = [], []
@@ -463,7 +485,7 @@ class WorkflowExecutor:
             if rec["reason"] is None: rec["reason"] = next((x["reason"] for x in rec["executions"] if not x["ok"]), None)
         return out
 
-    def run(self, records: Sequence[dict], problems: Sequence[Problem], judge: bool = False) -> list[dict]:
+    def run(self, records: Sequence[WorkflowRecord], problems: Sequence[Problem], judge: bool = False) -> list[WorkflowResult]:
         "Blocking `arun`."
         return run_sync(self.arun(records, problems, judge))
 
@@ -475,7 +497,7 @@ class WorkflowExecutor:
     def __exit__(self, *exc): self.close()
 
 # %% ../nbs/22_scoreflow.ipynb #a78ad305
-def build_pairs(records: Sequence[dict], problems: Sequence[Problem]) -> list[dict]:
+def build_pairs(records: Sequence[WorkflowResult], problems: Sequence[Problem]) -> list[dict]:
     "Every (chosen, rejected) pair of scored valid records of the same problem with chosen score > rejected score."
     by_problem: dict[str, list[dict]] = {}
     for r in records:

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from .config import (ConfigError, FieldError, apply_overrides, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_bounds,
                               from_dict, load_config, read_config_yaml, read_jsonl, to_dict)
-from .conversation import ConversationConfig, rollout
+from .conversation import ConversationConfig, Trajectory, rollout
 from .mcts import MCTSConfig
 from .losses import LauncherConfig, TrainConfig, run_training
 from .models import DEFAULT_MODEL
@@ -24,9 +24,9 @@ from .tasks import Instance, TASK_SPECS, dedupe_by_question, load_task, split_in
 # %% auto #0
 __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'EvalConfig', 'AnalysisConfig', 'RunConfig',
            'load_run_config', 'schedule_for', 'tiny_run_config', 'load_splits', 'select_best_of_n', 'make_backend',
-           'can_serve', 'backend_for', 'make_scorer', 'add_rewards', 'summarize_eval', 'evaluate_policy',
-           'sample_trajectories', 'reward_samples', 'sft_examples', 'mcts_trees', 'scaling_samples', 'baseline_config',
-           'OptimaRun', 'report_rows', 'format_report']
+           'can_serve', 'backend_for', 'make_scorer', 'RewardedTrajectory', 'add_rewards', 'summarize_eval',
+           'evaluate_policy', 'sample_trajectories', 'reward_samples', 'sft_examples', 'mcts_trees', 'scaling_samples',
+           'baseline_config', 'OptimaRun', 'report_rows', 'format_report']
 
 # %% ../nbs/10_training.ipynb #188d7a55
 @dataclass
@@ -218,8 +218,18 @@ def make_scorer(cfg: ModelConfig | str):
     m, tok = load_model(cfg.name, device=cfg.device, dtype=cfg.dtype)
     return ReadabilityScorer(m, tok)
 
-def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardConfig, scorer,
-                calibration_tokens: Sequence[float] | None = None, kind: Literal["isft", "mcts"] = "isft") -> list[dict]:
+class RewardedTrajectory(Trajectory):
+    "A trajectory with its reward and the reward's parts (`optima_nb.reward.reward_trajectory`; also its guard_* flags)."
+    reward: float
+    task_score: float
+    reward_task_score: float
+    token_ratio: float
+    token_term: float
+    readability_term: float
+    loss: float
+
+def add_rewards(records: Sequence[Trajectory], instances: Sequence[Instance], cfg: RewardConfig, scorer,
+                calibration_tokens: Sequence[float] | None = None, kind: Literal["isft", "mcts"] = "isft") -> list[RewardedTrajectory]:
     "Records with their reward and its parts merged in (`kind`: the guards of iSFT data or of MCTS rollouts)."
     from optima_nb.reward import reward_trajectories
     by_id = {i.id: i for i in instances}
@@ -228,7 +238,7 @@ def add_rewards(records: list[dict], instances: Sequence[Instance], cfg: RewardC
 
 
 # %% ../nbs/10_training.ipynb #58cc0922
-def summarize_eval(records: list[dict]) -> dict:
+def summarize_eval(records: Sequence[RewardedTrajectory]) -> dict:
     "Mean task score, tokens and reward of evaluated records."
     n = len(records)
     mean = lambda k: float(np.mean([r[k] for r in records])) if n else 0.0
@@ -237,31 +247,31 @@ def summarize_eval(records: list[dict]) -> dict:
             "agreed": sum(r["stop_reason"] == "agreed" for r in records)}
 
 def evaluate_policy(cfg: RunConfig, instances: Sequence[Instance], backend, scorer, calibration: Sequence[float] | None = None,
-                    progress: bool = False) -> list[dict]:
+                    progress: bool = False) -> list[RewardedTrajectory]:
     "Greedy held-out rollouts of one policy, rewarded against `calibration` (None: their own tokens, the untrained system)."
     recs = rollout(instances, backend, replace(cfg.conversation, temperature=cfg.eval.temperature), cfg.eval.n_samples, 0,
                    derive_seed(cfg.seed, "optima.evaluate"), progress=progress)
     calib = [r["n_tokens"] for r in recs] if calibration is None else calibration
     return add_rewards(recs, instances, replace(cfg.reward, token_normalizer="percentile"), scorer, calib)
 
-def sample_trajectories(cfg: RunConfig, i: int, instances: Sequence[Instance], backend, progress: bool = False) -> list[dict]:
+def sample_trajectories(cfg: RunConfig, i: int, instances: Sequence[Instance], backend, progress: bool = False) -> list[Trajectory]:
     "N sampled conversations per train instance in iteration `i` (0: random prompt variants at the initial temperature)."
     s, first = cfg.sampling, i == 0
     conv = replace(cfg.conversation, temperature=s.init_temperature if first else s.temperature)
     variants = "random" if first and s.init_variants == "random" else 0
     return rollout(instances, backend, conv, s.n_samples, variants, derive_seed(cfg.seed, "optima.generate", i), progress=progress)
 
-def reward_samples(cfg: RewardConfig, records: Sequence[dict], instances: Sequence[Instance], scorer) -> list[dict]:
+def reward_samples(cfg: RewardConfig, records: Sequence[Trajectory], instances: Sequence[Instance], scorer) -> list[RewardedTrajectory]:
     "Rewards of sampled conversations (iSFT guards; tokens normalised by each instance's longest sample)."
     return add_rewards(list(records), instances, cfg, scorer, [r["n_tokens"] for r in records])
 
-def sft_examples(selected: Sequence[dict], instances: Sequence[Instance], tokenizer, max_length: int) -> list[dict]:
+def sft_examples(selected: Sequence[RewardedTrajectory], instances: Sequence[Instance], tokenizer, max_length: int) -> list[dict]:
     "Own-turn-masked SFT examples (base prompt) of the selected conversations."
     from optima_nb.losses import conversation_examples
     by_id = {x.id: x for x in instances}
     return [e for r in selected for e in conversation_examples(r, by_id[r["instance_id"]], tokenizer, max_length)]
 
-def mcts_trees(cfg: RunConfig, i: int, instances: Sequence[Instance], backend, scorer, progress: bool = False) -> tuple[list[dict], list, float]:
+def mcts_trees(cfg: RunConfig, i: int, instances: Sequence[Instance], backend, scorer, progress: bool = False) -> tuple[list[Trajectory], list, float]:
     "The policy's calibration rollouts on train instances, one MCTS tree per instance rewarded with their normaliser, and it."
     from optima_nb.mcts import build_trees
     m = cfg.mcts
@@ -273,7 +283,7 @@ def mcts_trees(cfg: RunConfig, i: int, instances: Sequence[Instance], backend, s
     trees = build_trees(instances, backend, cfg.conversation, replace(m, seed=m.seed + i), reward_fn, progress=progress)
     return calib_recs, trees, percentile_normalizer(calib, rcfg.percentile)
 
-def scaling_samples(cfg: RunConfig, instances: Sequence[Instance], backend, progress: bool = False) -> list[dict]:
+def scaling_samples(cfg: RunConfig, instances: Sequence[Instance], backend, progress: bool = False) -> list[Trajectory]:
     "K conversations per held-out instance at the scaling temperature: the inference-scaling samples of one system."
     a = cfg.analysis
     return rollout(instances, backend, replace(cfg.conversation, temperature=a.scaling_temperature), a.scaling_samples, 0,
