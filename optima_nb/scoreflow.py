@@ -30,8 +30,8 @@ __all__ = ['SEED_WORKFLOWS', 'JUDGED_BENCHMARKS', 'ABLATION_VARIANTS', 'Generato
            'workflow_limits', 'code_limits', 'ExecutorLLM', 'test_helpers', 'sandboxed_operators', 'operator_proxies',
            'extraction_messages', 'judge_messages', 'judge_verdict', 'score_output', 'WorkflowRecord', 'WorkflowResult',
            'WorkflowExecutor', 'build_pairs', 'pair_draw', 'resample_pairs', 'train_generator', 'make_executor_backend',
-           'ScoreFlowRun', 'summarize_scores', 'run_scoreflow', 'hf_generator', 'bench_generator', 'share_stage',
-           'ablation', 'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach',
+           'ScoreFlowRun', 'summarize_scores', 'operator_mix', 'run_scoreflow', 'hf_generator', 'bench_generator',
+           'share_stage', 'ablation', 'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach',
            'format_ablation_seeds', 'ablation_seeds']
 
 # %% ../nbs/22_scoreflow.ipynb #cef2f541
@@ -646,7 +646,7 @@ class ScoreFlowRun(StagedRun):
             if i == 0 and self.cfg.seed_workflows:
                 recs = [x for p in problems for x in [s for s in sampled if s["problem_id"] == p.id] + seed_records(p, self.cfg.k)]
             return {WORKFLOWS: recs}, {"n_workflows": len(recs), "n_valid": sum(r["valid"] for r in sampled), "n_sampled": len(sampled),
-                                       "n_seeds": len(recs) - len(sampled)}
+                                       "n_seeds": len(recs) - len(sampled), "operator_mix": operator_mix(sampled)}
         return self.stage(i, "generate", compute)
 
     def execute(self, i: int) -> Path:
@@ -684,7 +684,8 @@ class ScoreFlowRun(StagedRun):
             problems = self.split(split)
             recs = self._sample(problems, self.checkpoint(ck_index), 1, self._seed("evaluate", iteration)) if problems else []
             scored = self.executor().run(recs, problems, judge=split == "test") if recs else []
-            return {RECORDS: scored}, {"split": split, **summarize_scores(scored), "missing": self._splits[split][1]}
+            return {RECORDS: scored}, {"split": split, **summarize_scores(scored), "missing": self._splits[split][1],
+                                       "operator_mix": operator_mix(scored)}
         return self.stage(iteration, EVALUATE, compute)
 
     # --- the pipeline ---
@@ -708,6 +709,7 @@ class ScoreFlowRun(StagedRun):
         if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
         if TRAIN in infos: row.update({k: infos[TRAIN][k] for k in ("n_pairs_trained", "skipped", "loss") if k in infos[TRAIN]})
         if ev.get("missing"): row["missing"] = sorted(ev["missing"])
+        if "operator_mix" in ev: row["eval_operator_mix"] = ev["operator_mix"]
         return row
 
 def summarize_scores(scored: Sequence[dict]) -> dict:
@@ -717,6 +719,12 @@ def summarize_scores(scored: Sequence[dict]) -> dict:
     score = {b: statistics.fmean(v) for b, v in by_bench.items()}
     return {"score": score, "mean_score": statistics.fmean(score.values()) if score else 0.0, "n_problems": len(scored),
             "n_valid": sum(bool(r.get("valid")) for r in scored)}
+
+def operator_mix(records: Sequence[dict]) -> dict[str, float]:
+    "Share of the valid workflows in `records` that call each operator at least once (how the generator's choices move)."
+    codes = [r["code"] for r in records if r.get("valid") and r.get("code")]
+    used = Counter(op for code in codes for op in {m.group(1) for m in re.finditer(r"await\s+self\.(\w+)\s*\(", code)})
+    return {op: round(n / len(codes), 3) for op, n in sorted(used.items())} if codes else {}
 
 def run_scoreflow(cfg: ScoreFlowConfig, out_dir, progress: bool = True) -> list[dict]:
     "Run (or resume) a ScoreFlow run into `out_dir`; returns the metrics rows (also in `out_dir/metrics.jsonl`)."
