@@ -161,7 +161,8 @@ def read_checkpoint(stage_dir: Path, run_root: Path) -> Checkpoint:
     ck = json.loads((Path(stage_dir) / CHECKPOINT).read_text())
     fix = lambda v: str(Path(run_root) / v.removeprefix("@run/")) if isinstance(v, str) and v.startswith("@run/") else v
     return {k: fix(v) for k, v in ck.items()}
-def checkpoint_of(init: dict, out: Path) -> dict:
+
+def checkpoint_of(init: Checkpoint, out: Path) -> dict:
     "What a training stage that started from checkpoint `init` produced in `out`: an adapter on `init`'s model, or a full model."
     if (Path(out) / "adapter_config.json").exists(): return {"model": init["model"], "adapter": Path(out)}
     return {"model": str(out), "adapter": None}

@@ -336,7 +336,8 @@ class OptimaRun(StagedRun):
         def compute(tmp):
             calib = None if iteration == BASE else [r["n_tokens"] for r in self.rd.read(BASE, EVALUATE)]
             recs = evaluate_policy(self.cfg, self.splits["eval"], self.backend(ck), self.scorer, calib, self.progress)
-            return {RECORDS: recs, SUMMARY: summarize_eval(recs)}, summarize_eval(recs)
+            summary = summarize_eval(recs)
+            return {RECORDS: recs, SUMMARY: summary}, summary
         return self.stage(iteration, EVALUATE, compute)
 
     def generate(self, i: int, ck: Checkpoint) -> Path:
