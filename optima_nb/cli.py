@@ -35,7 +35,7 @@ def check_model(name: str, where: str, backend: str = "hf"):
 def check_run_inputs(cfg, config_path: Path, out: Path | None = None):
     "Check an Optima run's `--out`, model and task data before its run directory exists."
     from optima_nb.config import ConfigError
-    from optima_nb.training import load_splits
+    from optima_nb.pipeline import load_splits
     if out is not None: check_out(out)
     check_model(cfg.model.name, f"{config_path}.model.name", cfg.model.backend)
     try: load_splits(cfg.task)
@@ -113,7 +113,7 @@ def calibrate_setup(args):
     "Backend, conversation config, levels and sampling temperature for `bench calibrate`: from `--config` (a run config) or the options."
     from optima_nb.backends import HFBackend
     if args.config is None: return (*_conversation_setup(args), args.difficulties or [0, 1, 2, 3, 4], _or(args.temperature, 0.7))
-    from optima_nb.training import load_run_config
+    from optima_nb.pipeline import load_run_config
     run_cfg = load_run_config(args.config)
     if run_cfg.task.name != "synthetic": raise SystemExit(f"{args.config}: task.name is {run_cfg.task.name!r}; calibrate measures the synthetic task")
     backend = HFBackend.from_pretrained(run_cfg.model.name, max_batch_size=args.max_batch_size)
@@ -168,7 +168,7 @@ def cmd_bench_workflows(args) -> dict:
 # %% ../nbs/90_cli.ipynb #13aa4506
 def cmd_run(args) -> list[dict]:
     "Run (or resume) an Optima training config."
-    from optima_nb.training import OptimaRun, format_report, load_run_config, report_rows
+    from optima_nb.pipeline import OptimaRun, format_report, load_run_config, report_rows
     cfg = load_run_config(args.config, args.set)
     check_run_inputs(cfg, args.config, args.out)
     run = OptimaRun(cfg, args.out, progress=not args.quiet)
@@ -181,7 +181,7 @@ def cmd_report(args) -> list[dict]:
     import json
     from optima_nb.config import ConfigError, DataError
     from optima_nb.report import compare_run, example_pairs, format_comparison, format_examples
-    from optima_nb.training import format_report, report_rows
+    from optima_nb.pipeline import format_report, report_rows
     if args.examples < 0: raise ConfigError(f"report: --examples must be >= 0, got {args.examples}")
     if args.resamples < 1: raise ConfigError(f"report: --resamples must be >= 1, got {args.resamples}")
     try:
@@ -211,7 +211,7 @@ def cmd_eval(args) -> dict:
     "Evaluate a checkpoint on a config's held-out split."
     from optima_nb.evaluation import evaluate_checkpoint
     from optima_nb.rundir import release_backend
-    from optima_nb.training import load_run_config, load_splits, make_backend
+    from optima_nb.pipeline import load_run_config, load_splits, make_backend
     cfg = load_run_config(args.config)
     check_run_inputs(cfg, args.config, args.out)
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)

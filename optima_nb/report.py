@@ -11,7 +11,7 @@ import numpy as np
 from .config import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, to_dict
 from .tasks import Instance
 from .rundir import ANALYSIS, DONE, EVALUATE, RECORDS, SUMMARY, RunDir
-from .training import OptimaRun, RunConfig, load_run_config, load_splits, report_rows
+from .pipeline import OptimaRun, RunConfig, load_run_config, load_splits, report_rows
 
 # %% auto #0
 __all__ = ['BASELINE_NAMES', 'HOLDER_GROUPS', 'HOLDER_LABELS', 'HOLDER_PHRASES', 'run_config', 'method_label', 'tradeoff_points',

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .backends import GenerationParams
 from .config import apply_overrides, atomic_write_json, atomic_write_jsonl, from_dict, read_config_yaml, read_jsonl
 from .isolation import SandboxLimits, arun_code, arun_tests, arun_workflow, run_sync
-from .losses import PAIR_SAMPLING_POWER, LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
+from .trainers import PAIR_SAMPLING_POWER, LauncherConfig, TrainConfig, own_turn_example, pair_sampling_weights, run_training, train_dpo, train_sft
 from .models import DEFAULT_MODEL, load_tokenizer
 from .rundir import (BASE, ENGINE_PIDS, EVALUATE, PAIRS, RECORDS, SCORED, TEST, TRAIN, WORKFLOWS, Checkpoint, RunDir, StagedRun,
                               derive_seed, read_checkpoint, record_engine, release_backend)

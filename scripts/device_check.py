@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         print("DEVICE CHECK: FAIL (no CUDA device visible; use --cpu to test the script on CPU)"); return 1
     device = "cpu" if a.cpu else "cuda"
     from optima_nb.backends import GenerationParams, HFBackend
-    from optima_nb.losses import TrainConfig, build_dpo_trainer, own_turn_example, train_dpo, train_sft
+    from optima_nb.trainers import TrainConfig, build_dpo_trainer, own_turn_example, train_dpo, train_sft
     from optima_nb.models import load_model, resolve_dtype, tiny_random_model
     work = Path(tempfile.mkdtemp(prefix="device-check-"))
     _, tok = tiny_random_model(save_to=work / "tiny")

@@ -1,5 +1,5 @@
 """Multi-process training: two CPU processes (gloo) under `accelerate launch` train one SFT stage through
-`python -m optima_nb.losses` and write one adapter, atomically.
+`python -m optima_nb.trainers` and write one adapter, atomically.
 
 `accelerate launch --cpu --num_processes 2` would start ONE process (accelerate's multi-CPU mode needs an MPI
 hostfile); `--multi_gpu` selects the torchrun launcher, whose processes use gloo when no GPU is visible.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from optima_nb.config import atomic_write_jsonl, save_config
-from optima_nb.losses import TrainConfig, free_port, own_turn_example
+from optima_nb.trainers import TrainConfig, free_port, own_turn_example
 from optima_nb.models import load_model, tiny_random_model
 
 ACCELERATE = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
@@ -38,7 +38,7 @@ def test_sft_on_two_cpu_processes(tmp_path):
     out = tmp_path / "adapter"
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "optima_nb.losses", "sft", "--model", str(tmp_path / "tiny"), "--data", str(tmp_path / "sft.jsonl"),
+           "-m", "optima_nb.trainers", "sft", "--model", str(tmp_path / "tiny"), "--data", str(tmp_path / "sft.jsonl"),
            "--out", str(out), "--config", str(tmp_path / "train.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def test_sft_on_two_cpu_processes(tmp_path):
 @pytest.mark.timeout(600)
 def test_full_dpo_on_two_cpu_processes_through_the_launcher(tmp_path):
     "Full-fine-tuning DPO (reference log-probs precomputed, shared by both processes) via `run_training` + accelerate."
-    from optima_nb.losses import LauncherConfig, run_training
+    from optima_nb.trainers import LauncherConfig, run_training
     tiny, _ = tiny_random_model(save_to=tmp_path / "tiny")
     pairs = [{"prompt": [{"role": "user", "content": "Where does Lena live?"}], "chosen": "Oslo.", "rejected": "No idea, sorry."}] * 4
     cfg = TrainConfig(lora=False, max_steps=2, per_device_batch_size=1, logging_steps=1, learning_rate=1e-3, warmup_ratio=0.0)

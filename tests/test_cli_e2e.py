@@ -50,7 +50,7 @@ def _refused(args, out):
 def tiny_cfg(tiny_dir, tmp_path):
     import yaml
     from optima_nb.config import to_dict
-    from optima_nb.training import tiny_run_config
+    from optima_nb.pipeline import tiny_run_config
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(to_dict(tiny_run_config(str(tiny_dir), ["sft"]))))
     return p

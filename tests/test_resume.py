@@ -17,7 +17,7 @@ import yaml
 
 from optima_nb.config import read_jsonl, to_dict
 from optima_nb.models import tiny_random_model
-from optima_nb.training import tiny_run_config
+from optima_nb.pipeline import tiny_run_config
 
 OPTIMA = [sys.executable, "-c", "import sys; from optima_nb.cli import main; sys.exit(main())"]
 

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from optima_nb.models import VLLM_TINY, tiny_random_model
-from optima_nb.training import load_run_config
+from optima_nb.pipeline import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
