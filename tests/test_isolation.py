@@ -449,7 +449,7 @@ def test_humaneval_135_and_mbpp_802_run_tests():
 
 def test_score_output_on_real_problems():
     scoreflow = pytest.importorskip("optima_nb.scoreflow")
-    from optima_nb.workflows import load_aflow
+    from optima_nb.benchmarks import load_aflow
     if not DATA.exists(): pytest.skip("no AFlow data")
     he = next(p for p in load_aflow("humaneval", DATA) if p.id == "HumanEval/135")
     mb = next(p for p in load_aflow("mbpp", DATA) if p.id.endswith("802"))

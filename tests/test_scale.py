@@ -194,7 +194,8 @@ def test_scoreflow_paper_training_and_serving(tiny, executor_server):
     """The paper config's other two paths on real inputs: its executor section runs the hand-written workflows through
     the endpoint in the sandbox, and Score-DPO (its train section, launched as the config says) trains on pairs of
     them; the adapter then serves from the run's vLLM generator engine."""
-    from optima_nb.scoreflow import ScoreFlowRun, build_pairs, load_scoreflow_config, load_split, pairs_to_draw, seed_records, train_generator
+    from optima_nb.example_workflows import example_records
+    from optima_nb.scoreflow import ScoreFlowRun, build_pairs, load_scoreflow_config, load_split, pairs_to_draw, train_generator
     cfg = load_scoreflow_config(ROOT / "configs" / "scoreflow-paper.yaml",
                                 scoreflow_scaled_down(str(tiny / "tiny"), executor_server.url, executor_server.model_name))
     assert cfg.launcher.kind == "subprocess" and cfg.train.loss == "score" and cfg.train.reference == "base"
@@ -202,7 +203,7 @@ def test_scoreflow_paper_training_and_serving(tiny, executor_server):
     run = ScoreFlowRun(cfg, tiny / "scoreflow-parts", progress=False)
     try:
         problems, _ = load_split(cfg, "validate")
-        records = [r for p in problems for r in seed_records(p, 0)]
+        records = [r for p in problems for r in example_records(p, 0)]
         seen = executor_server.requests_seen
         scored = run.executor().run(records, problems)
         assert executor_server.requests_seen > seen and all(len(s["executions"]) == 1 for s in scored), scored
