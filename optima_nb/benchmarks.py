@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 from .config import DataError, iter_jsonl
-from .tasks import extract_boxed, format_paragraph, get_field, math_equal, numeric_match, word_f1
+from .datasets import format_paragraph, get_field
+from .tasks import extract_boxed, math_equal, numeric_match, word_f1
 
 # %% auto #0
 __all__ = ['Kind', 'AFLOW_BENCHMARKS', 'BENCHMARK_KINDS', 'SPLITS', 'ARITH_FORMS', 'ARITH_QUESTION', 'ARITH_SPLIT_SIZE',
