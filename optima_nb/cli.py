@@ -208,19 +208,18 @@ def resolve_checkpoint(spec: str, model: str) -> tuple[str, str | None]:
     raise ModelNotFoundError(f"{spec}: not 'base', a PEFT adapter folder or a train stage folder with checkpoint.json")
 
 def cmd_eval(args) -> dict:
-    "Evaluate a checkpoint on a config's held-out split."
-    from optima_nb.evaluation import evaluate_checkpoint
-    from optima_nb.rundir import release_backend
-    from optima_nb.pipeline import load_run_config, load_splits, make_backend
+    "Evaluate a checkpoint on a config's held-out split, as the run's evaluate stages do (backend, eval settings, reward)."
+    from dataclasses import replace
+    from optima_nb.pipeline import evaluate_checkpoint, load_run_config
+    from optima_nb.rundir import RECORDS, SUMMARY, write_outputs
     cfg = load_run_config(args.config)
     check_run_inputs(cfg, args.config, args.out)
+    ev = replace(cfg.eval, **{k: v for k, v in (("n_samples", args.samples), ("temperature", args.temperature)) if v is not None})
     model, adapter = resolve_checkpoint(args.checkpoint, cfg.model.name)
-    backend = make_backend(cfg.model, model, adapter)   # the config's backend, device and dtype (vLLM, bf16 on a GPU, ...)
-    try:
-        summary = evaluate_checkpoint(model, adapter, load_splits(cfg.task)["eval"], cfg.conversation, args.out, seed=cfg.seed,
-                                      n_samples=args.samples, temperature=args.temperature, progress=not args.quiet, backend=backend)
-    finally: release_backend(backend)
-    print(f"score {summary['score']:.3f}  tokens {summary['tokens']:.1f}  n {summary['n']}  answered {summary['n_answered']}  -> {args.out}")
+    recs, summary = evaluate_checkpoint(replace(cfg, eval=ev), {"model": model, "adapter": adapter}, progress=not args.quiet)
+    write_outputs(args.out, ({RECORDS: recs, SUMMARY: summary}, None))
+    print(f"score {summary['score']:.3f}  tokens {summary['tokens']:.1f}  reward {summary['reward']:.3f}  n {summary['n']}  "
+          f"answered {summary['n_answered']}  -> {args.out}")
     return summary
 
 def cmd_figures(args) -> list:
@@ -338,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("config", type=Path)
     e.add_argument("--checkpoint", required=True, help="'base', a PEFT adapter folder, or a run's iter_NN/train folder")
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--samples", type=int, default=1); e.add_argument("--temperature", type=float, default=0.0)
+    e.add_argument("--samples", type=int, help="conversations per instance (default: the config's eval.n_samples)")
+    e.add_argument("--temperature", type=float, help="sampling temperature (default: the config's eval.temperature)")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
     f = sub.add_parser("figures", help="paper figures and results table from run directories")

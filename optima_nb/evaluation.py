@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 from tqdm.auto import tqdm
-from .backends import Backend, Completion, GenerationParams, HFBackend
+from .backends import Backend, Completion, GenerationParams
 from .config import atomic_write_json, atomic_write_jsonl
 from .conversation import ANSWER_HINTS, ConversationConfig, parse_answer, rollout
 from .tasks import AGENTS, TASK_SPECS, Instance, TaskSpec, math_equal, normalize_answer, numeric_match, option_for_letter, score
@@ -17,8 +17,7 @@ from .tasks import AGENTS, TASK_SPECS, Instance, TaskSpec, math_equal, normalize
 # %% auto #0
 __all__ = ['COT_PROMPT', 'DEBATE_PROMPT', 'BASELINES', 'BaselineConfig', 'sample_record', 'make_result', 'canonical_answer',
            'answers_equivalent', 'majority_vote', 'full_problem', 'cot_messages', 'cot', 'self_consistency', 'debate',
-           'evaluate_records', 'two_agent', 'summarize', 'summarize_groups', 'run_method', 'run_baselines',
-           'evaluate_checkpoint']
+           'evaluate_records', 'two_agent', 'summarize', 'summarize_groups', 'run_method', 'run_baselines']
 
 # %% ../nbs/12_evaluation.ipynb #cc222239
 @dataclass
@@ -223,22 +222,3 @@ def run_baselines(instances: Sequence[Instance], backend: Backend, methods: Sequ
         atomic_write_jsonl(Path(out_dir) / "results.jsonl", results)
         atomic_write_json(Path(out_dir) / "summary.json", summaries)
     return summaries
-
-# %% ../nbs/12_evaluation.ipynb #dc2dd6a6
-def evaluate_checkpoint(model_path_or_name, adapter, instances: Sequence[Instance], conv_cfg: ConversationConfig, out_dir: str | Path,
-                        seed: int = 0, n_samples: int = 1, temperature: float = 0.0, tokenizer=None, method: str = "optima",
-                        progress: bool = False, backend: Backend | None = None) -> dict:
-    "Two-agent evaluation of a model (+ adapter): write trajectories, results and summary to `out_dir`; return the summary."
-    if not instances: raise ValueError("evaluate_checkpoint: no instances to evaluate")
-    if backend is None: backend = HFBackend.from_pretrained(model_path_or_name, adapter=adapter)   # else: one serving this checkpoint
-    cfg = dataclasses.replace(conv_cfg, temperature=temperature)
-    records = rollout(instances, backend, cfg, n_samples=n_samples, variants=0, seed=seed, progress=progress)
-    results = evaluate_records(records, instances, tokenizer, method=method)
-    summary = {**summarize(results), "model": str(model_path_or_name), "adapter": None if adapter is None else str(adapter),
-               "n_instances": len(instances), "n_samples": n_samples, "temperature": temperature, "seed": seed,
-               "per_task": summarize_groups(results)}
-    out_dir = Path(out_dir)
-    atomic_write_jsonl(out_dir / "trajectories.jsonl", records)
-    atomic_write_jsonl(out_dir / "results.jsonl", results)
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary

@@ -4,21 +4,20 @@
 
 # %% ../nbs/11_pipeline.ipynb #9a98a994
 from __future__ import annotations
-import json, math, os, shutil, time
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
-from .config import (ConfigError, FieldError, apply_overrides, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_bounds,
-                              from_dict, load_config, read_config_yaml, read_jsonl, to_dict)
+from .config import ConfigError, FieldError, apply_overrides, check_bounds, from_dict, read_config_yaml, read_jsonl
 from .conversation import ConversationConfig, Trajectory, rollout
 from .mcts import MCTSConfig
 from .trainers import LauncherConfig, TrainConfig, run_training
 from .models import DEFAULT_MODEL
 from .reward import RewardConfig, percentile_normalizer
 from .rundir import (ANALYSIS, BASE, CALIBRATION, ENGINE_PIDS, EVALUATE, PAIRS, RECORDS, SELECTED, SUMMARY, TRAIN, TREES,
-                              Checkpoint, RunDir, StagedRun, checkpoint_of, derive_seed, record_engine, release_backend)
+                              Checkpoint, StagedRun, derive_seed, record_engine, release_backend)
 from .datasets import dedupe_by_question, load_task, split_instances
 from .tasks import Instance, TASK_SPECS
 
@@ -27,7 +26,7 @@ __all__ = ['TaskConfig', 'ModelConfig', 'SamplingConfig', 'SelectionConfig', 'Ev
            'load_run_config', 'schedule_for', 'tiny_run_config', 'load_splits', 'select_best_of_n', 'make_backend',
            'can_serve', 'backend_for', 'make_scorer', 'RewardedTrajectory', 'add_rewards', 'summarize_eval',
            'evaluate_policy', 'sample_trajectories', 'reward_samples', 'sft_examples', 'mcts_trees', 'scaling_samples',
-           'baseline_config', 'OptimaRun', 'report_rows', 'format_report']
+           'baseline_config', 'evaluate_checkpoint', 'OptimaRun', 'report_rows', 'format_report']
 
 # %% ../nbs/11_pipeline.ipynb #188d7a55
 @dataclass
@@ -296,6 +295,20 @@ def baseline_config(cfg: RunConfig):
     a = cfg.analysis
     return BaselineConfig(max_new_tokens=a.baseline_max_new_tokens, n=a.sc_samples, seed=cfg.seed)
 
+# %% ../nbs/11_pipeline.ipynb #fbc57b77
+def evaluate_checkpoint(cfg: RunConfig, ck: Checkpoint, instances: Sequence[Instance] | None = None, backend=None, scorer=None,
+                        calibration: Sequence[float] | None = None, progress: bool = False) -> tuple[list[RewardedTrajectory], dict]:
+    "Records and summary of checkpoint `ck` on the held-out split (`evaluate_policy` with the config's backend and reward)."
+    instances = load_splits(cfg.task)["eval"] if instances is None else instances
+    own = backend is None
+    if own: backend = make_backend(cfg.model, ck["model"], ck["adapter"], progress)
+    try: recs = evaluate_policy(cfg, instances, backend, scorer or make_scorer(cfg.model), calibration, progress)
+    finally:
+        if own: release_backend(backend)
+    summary = {**summarize_eval(recs), "model": str(ck["model"]), "adapter": None if ck["adapter"] is None else str(ck["adapter"]),
+               "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature}
+    return recs, summary
+
 # %% ../nbs/11_pipeline.ipynb #fb6ea5c2
 class OptimaRun(StagedRun):
     "An Optima run: base evaluation, the schedule's iterations (iSFT, or MCTS pairs + DPO), then the analysis stages."
@@ -336,8 +349,7 @@ class OptimaRun(StagedRun):
     def evaluate(self, iteration, ck: Checkpoint) -> Path:
         def compute(tmp):
             calib = None if iteration == BASE else [r["n_tokens"] for r in self.rd.read(BASE, EVALUATE)]
-            recs = evaluate_policy(self.cfg, self.splits["eval"], self.backend(ck), self.scorer, calib, self.progress)
-            summary = summarize_eval(recs)
+            recs, summary = evaluate_checkpoint(self.cfg, ck, self.splits["eval"], self.backend(ck), self.scorer, calib, self.progress)
             return {RECORDS: recs, SUMMARY: summary}, summary
         return self.stage(iteration, EVALUATE, compute)
 
