@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from optima_nb.isolation import (Opaque, SandboxLimits, _landlock_abi, arun_workflows, decode_value, encode_value, run_code,
-                                 run_tests, run_workflow, run_workflows)
+from optima_nb.isolation import arun_workflows, run_code, run_tests, run_workflow, run_workflows
+from optima_nb.jail import Opaque, SandboxLimits, _landlock_abi, decode_value, encode_value
 
 FAST = SandboxLimits(wall_s=1.5, cpu_s=5, memory_mb=256)
 AS_ROOT = os.geteuid() == 0
@@ -238,7 +238,7 @@ def test_os_layers_hold_without_python_guards(code, expected, canary):
 # ---- the kernel is the boundary: guards patched away (issue 14) or switched off --------------------------------
 # The guards live in the child's own interpreter; this prefix reaches the guard module through an allowed import and
 # replaces its verdict function, then takes `os` and `ctypes` the same way. Whatever it does next, the kernel decides.
-PATCH_GUARDS = ("import asyncio\nsys = asyncio.base_events.sys\niso = sys.modules['optima_nb.isolation']\n"
+PATCH_GUARDS = ("import asyncio\nsys = asyncio.base_events.sys\niso = sys.modules['optima_nb.jail']\n"
                 "iso.audit_verdict = lambda *a, **k: None\niso.GuardPolicy.__init__ = lambda *a, **k: None\n"
                 "os = asyncio.base_events.os\n")
 GUARD_MODES = {"guards_patched": SandboxLimits(wall_s=3), "guards_off": SandboxLimits(wall_s=3, python_guards=False)}
@@ -359,9 +359,9 @@ FORGE_ALL_FDS = ("import asyncio\nos = asyncio.base_events.os\n"
     "def double(x):\n    __builtins__['AssertionError'] = StopIteration\n    return x\n",
     "import asyncio\nb = asyncio.base_events.sys.modules['builtins']\nb.AssertionError = KeyboardInterrupt\n"
     "b.isinstance = lambda *a: True\ndef double(x):\n    return x\n",
-    "import asyncio\niso = asyncio.base_events.sys.modules['optima_nb.isolation']\n"
+    "import asyncio\niso = asyncio.base_events.sys.modules['optima_nb.jail']\n"
     "iso.encode_value = lambda v, depth=0: 4\ndef double(x):\n    return x\n",
-    "import asyncio\niso = asyncio.base_events.sys.modules['optima_nb.isolation']\n"
+    "import asyncio\niso = asyncio.base_events.sys.modules['optima_nb.jail']\n"
     "iso._run_job = lambda *a: {'t': 'result', 'ok': True, 'value': None}\ndef double(x):\n    return x\n",
     "def check(candidate):\n    pass\ndef double(x):\n    return x\n",
     "def double(x):\n    raise SystemExit(0)\n",
@@ -465,9 +465,9 @@ def test_score_output_on_real_problems():
 # ---- an unprivileged parent: user namespace instead of root --------------------------------------------------
 UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 NONROOT_SCRIPT = r"""
-import json, sys, importlib.util as u
-s = u.spec_from_file_location('optima_nb.isolation', sys.argv[1])
-m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m)
+import json, sys
+sys.path.insert(0, sys.argv[1])          # the folder holding optima_nb: its sandbox modules need only the standard library
+import optima_nb.isolation as m
 off = m.SandboxLimits(python_guards=False)
 out = {"layers": m.run_code("x = 1").layers,
        "passwd": m.run_code("print(open('/etc/passwd').read())", limits=off).reason,
@@ -497,7 +497,7 @@ def test_unprivileged_parent_uses_a_user_namespace():
     import optima_nb.isolation as iso
     exe = _unprivileged_python()
     if exe is None: pytest.skip("needs root (to become an unprivileged user), setpriv and a Python that user can run")
-    run = subprocess.run(UNPRIVILEGED + [exe, "-c", NONROOT_SCRIPT, iso.__file__], capture_output=True, text=True,
+    run = subprocess.run(UNPRIVILEGED + [exe, "-c", NONROOT_SCRIPT, str(Path(iso.__file__).parent.parent)], capture_output=True, text=True,
                          timeout=120, cwd="/")
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
