@@ -8,7 +8,8 @@ import asyncio, dataclasses, inspect, re, string
 from collections import Counter
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
-from .backends import BatchingQueue, GenerationParams, Messages
+from .backends import GenerationParams, Messages
+from .serving import BatchingQueue
 from .benchmarks import Problem, extract_answer, extract_code
 
 # %% auto #0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 from tqdm.auto import tqdm
 from .config import ConfigError, atomic_write_json, atomic_write_jsonl, atomic_write_text, load_config, read_jsonl
-from .backends import BatchingQueue
+from .serving import BatchingQueue
 from .example_workflows import EXAMPLE_WORKFLOWS, as_workflow
 from .scoreflow import ScoreFlowConfig, ScoreFlowRun, load_scoreflow_config, load_split
 from .workflow_executor import WorkflowExecutor, make_executor_backend

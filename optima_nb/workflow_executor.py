@@ -78,7 +78,7 @@ class SandboxConfig:
 def make_executor_backend(e: ExecutorConfig):
     "The executor's generation backend: the OpenAI-compatible endpoint, or the local model (on the GPU when there is one)."
     if e.kind == "openai":
-        from optima_nb.backends import OpenAIBackend
+        from optima_nb.serving import OpenAIBackend
         return OpenAIBackend(e.base_url, e.model, api_key_env=e.api_key_env, concurrency=e.concurrency)
     from optima_nb.backends import HFBackend
     return HFBackend.from_pretrained(e.model, device="cuda" if _cuda_available() else "cpu",

@@ -162,7 +162,8 @@ def scoreflow_scaled_down(model: str, executor_url: str, executor_model: str) ->
 @pytest.fixture(scope="module")
 def executor_server(tiny):
     "The package's OpenAI-compatible server over the tiny model (HF backend), standing in for the paper's remote executor."
-    from optima_nb.backends import HFBackend, OpenAICompatibleServer
+    from optima_nb.backends import HFBackend
+    from optima_nb.serving import OpenAICompatibleServer
     with OpenAICompatibleServer(HFBackend.from_pretrained(str(tiny / "tiny")), model_name="tiny-executor", lifetime_s=None) as server:
         yield server
 

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from optima_nb.backends import HFBackend, OpenAICompatibleServer
+from optima_nb.backends import HFBackend
+from optima_nb.serving import OpenAICompatibleServer
 from optima_nb.models import load_tokenizer, tiny_random_model
 
 MSGS = [{"role": "user", "content": "hi"}]
