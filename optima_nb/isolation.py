@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 from .jail import OperatorError, SandboxLimits, SandboxResult
 
 # %% auto #0
-__all__ = ['run_sync', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests', 'run_tests', 'arun_workflow', 'run_workflow',
-           'arun_workflows', 'run_workflows']
+__all__ = ['sandbox_result', 'run_sync', 'arun_code', 'run_code', 'check_sandbox', 'arun_tests', 'run_tests', 'arun_workflow',
+           'run_workflow', 'arun_workflows', 'run_workflows']
 
 # %% ../nbs/21_isolation.ipynb #24bef1db
 _BOOT = ("import sys, importlib.util as u; s = u.spec_from_file_location('optima_nb.jail', sys.argv[1]); "
@@ -66,6 +66,22 @@ async def _call_operator(operator: Callable, args: list, kwargs: dict):
     value = await asyncio.to_thread(operator, *args, **kwargs)
     return await value if inspect.isawaitable(value) else value
 
+# %% ../nbs/21_isolation.ipynb #9600c2cd
+def sandbox_result(returncode: int | None, result_msg: dict | None, kill_reason: str | None, blocked: str | None, stdout: bytes,
+                   stderr: bytes, wall_s: float, operator_calls: int, layers: Sequence[str]) -> SandboxResult:
+    "What a finished child amounts to: killed by us, blocked by a guard, its own result (exit 0 only), a signal, or an exit."
+    out, err = stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+    common = dict(stdout=out, stderr=err, wall_s=wall_s, operator_calls=operator_calls,
+                  layers=["session", "scrubbed-env", "private-tmpdir", "output-caps", *layers])
+    if kill_reason: return SandboxResult(ok=False, reason=kill_reason, **common)
+    if blocked: return SandboxResult(ok=False, reason=f"blocked: {blocked}", **common)
+    if result_msg is not None and returncode == 0:
+        ok = result_msg.get("ok") is True
+        return SandboxResult(ok=ok, value=result_msg.get("value") if ok else None,
+                             reason=None if ok else str(result_msg.get("reason"))[:500], **common)
+    if returncode is not None and returncode < 0: return SandboxResult(ok=False, reason=_signal_reason(-returncode, err), **common)
+    return SandboxResult(ok=False, reason=f"exit {returncode}" + ("" if result_msg else " without a result"), **common)
+
 # %% ../nbs/21_isolation.ipynb #1d8c4e81
 class _Supervisor:
     "Start one sandbox child, watch it, serve its operator calls, and turn what happened into a `SandboxResult`."
@@ -88,7 +104,8 @@ class _Supervisor:
         finally:
             self._cleanup(workdir)
             self._fail_calls()
-        return self._result(time.monotonic() - start)
+        return sandbox_result(self.proc.returncode if self.proc is not None else None, self.result_msg, self.kill_reason, self.blocked,
+                              bytes(self.stdout), bytes(self.stderr), time.monotonic() - start, self.operator_calls, self.layers)
 
     async def call(self, args, kwargs=None) -> dict:
         "Call the entry point of a `serve` child with encoded arguments: `{'ok': True, 'value': ...}` or `{'ok': False, 'error': ...}`."
@@ -212,19 +229,6 @@ class _Supervisor:
         if self.replies is not None: self.replies.close()
         _remove_tree(workdir)
 
-    def _result(self, wall_s: float) -> SandboxResult:
-        out = bytes(self.stdout).decode("utf-8", "replace"); err = bytes(self.stderr).decode("utf-8", "replace")
-        rc = self.proc.returncode if self.proc is not None else None
-        common = dict(stdout=out, stderr=err, wall_s=wall_s, operator_calls=self.operator_calls,
-                      layers=["session", "scrubbed-env", "private-tmpdir", "output-caps", *self.layers])
-        if self.kill_reason: return SandboxResult(ok=False, reason=self.kill_reason, **common)
-        if self.blocked: return SandboxResult(ok=False, reason=f"blocked: {self.blocked}", **common)
-        if self.result_msg is not None and rc == 0:
-            ok = self.result_msg.get("ok") is True
-            return SandboxResult(ok=ok, value=self.result_msg.get("value") if ok else None,
-                                 reason=None if ok else str(self.result_msg.get("reason"))[:500], **common)
-        if rc is not None and rc < 0: return SandboxResult(ok=False, reason=_signal_reason(-rc, err), **common)
-        return SandboxResult(ok=False, reason=f"exit {rc}" + ("" if self.result_msg else " without a result"), **common)
 
 # %% ../nbs/21_isolation.ipynb #63d9fd75
 def run_sync(coro):

@@ -128,8 +128,8 @@ def _calls_in(node) -> bool:
     return any(_op_call(n) for n in ast.walk(node))
 
 # %% ../nbs/24_workflow_checks.ipynb #20d23085
-class _Checker:
-    "Whitelist walk over a run_workflow body: collects reasons and counts operator calls on the longest path."
+class _ExpressionChecker:
+    "Whitelist walk over expressions (and assignment targets): collects reasons and counts the operator calls they make."
     def __init__(self, kind: str, rules: WorkflowRules, local_names: set[str]):
         self.kind, self.rules, self.local = kind, rules, local_names
         self.reasons: list[str] = []
@@ -259,7 +259,7 @@ class _Checker:
             mult *= self.loop_multiplier(node, gen.iter, _calls_in(node.elt) or any(_calls_in(c) for c in gen.ifs))
         return total + mult * body
 
-    # --- statements: return the operator calls on the longest path ---------------------------------------------
+    # --- assignment targets -------------------------------------------------------------------------------------
     def target(self, node):
         if isinstance(node, ast.Name):
             if node.id == "self" or node.id in BANNED_NAMES or _is_dunder(node.id) or node.id in SAFE_BUILTINS:
@@ -270,6 +270,19 @@ class _Checker:
             self.name(node.value); self.expr(node.slice)
         else: self.fail(node, f"cannot assign to `{ast.unparse(node)}`")
 
+
+# %% ../nbs/24_workflow_checks.ipynb #7d9bfe58
+_FORBIDDEN_STATEMENTS = {ast.While: "while loops are not allowed (use for ... in range(N))", ast.Import: "imports are not allowed",
+                         ast.ImportFrom: "imports are not allowed", ast.Try: "try/except is not allowed",
+                         ast.With: "with statements are not allowed", ast.AsyncWith: "async with is not allowed",
+                         ast.AsyncFor: "async for is not allowed", ast.Raise: "raise is not allowed",
+                         ast.Assert: "assert is not allowed", ast.Global: "global is not allowed",
+                         ast.Nonlocal: "nonlocal is not allowed", ast.Delete: "del is not allowed",
+                         ast.FunctionDef: "nested functions are not allowed", ast.AsyncFunctionDef: "nested functions are not allowed",
+                         ast.ClassDef: "nested classes are not allowed"}
+
+class _Checker(_ExpressionChecker):
+    "Whitelist walk over a run_workflow body: statements on top of expressions; operator calls counted on the longest path."
     def body(self, stmts) -> int:
         return sum(self.stmt(s) for s in stmts)
 
@@ -298,15 +311,7 @@ class _Checker:
             n = self.loop_multiplier(node, node.iter, calls_inside)
             return self.expr(node.iter) + n * self.body(node.body) + self.body(node.orelse)
         if isinstance(node, (ast.Pass, ast.Break, ast.Continue)): return 0
-        names = {ast.While: "while loops are not allowed (use for ... in range(N))", ast.Import: "imports are not allowed",
-                 ast.ImportFrom: "imports are not allowed", ast.Try: "try/except is not allowed",
-                 ast.With: "with statements are not allowed", ast.AsyncWith: "async with is not allowed",
-                 ast.AsyncFor: "async for is not allowed", ast.Raise: "raise is not allowed",
-                 ast.Assert: "assert is not allowed", ast.Global: "global is not allowed",
-                 ast.Nonlocal: "nonlocal is not allowed", ast.Delete: "del is not allowed",
-                 ast.FunctionDef: "nested functions are not allowed", ast.AsyncFunctionDef: "nested functions are not allowed",
-                 ast.ClassDef: "nested classes are not allowed"}
-        self.fail(node, names.get(type(node), f"{type(node).__name__} statements are not allowed"))
+        self.fail(node, _FORBIDDEN_STATEMENTS.get(type(node), f"{type(node).__name__} statements are not allowed"))
         return 0
 
 def _plain_format(receiver) -> bool:

@@ -448,13 +448,13 @@ def test_humaneval_135_and_mbpp_802_run_tests():
 
 
 def test_score_output_on_real_problems():
-    scoreflow = pytest.importorskip("optima_nb.scoreflow")
+    executor = pytest.importorskip("optima_nb.workflow_executor")
     from optima_nb.benchmarks import load_aflow
     if not DATA.exists(): pytest.skip("no AFlow data")
     he = next(p for p in load_aflow("humaneval", DATA) if p.id == "HumanEval/135")
     mb = next(p for p in load_aflow("mbpp", DATA) if p.id.endswith("802"))
-    sandbox = scoreflow.SandboxConfig(code_wall_s=10)
-    score = lambda p, out: asyncio.run(scoreflow.score_output(p, out, sandbox))[0]
+    sandbox = executor.SandboxConfig(code_wall_s=10)
+    score = lambda p, out: asyncio.run(executor.score_output(p, out, sandbox))[0]
     assert score(he, f"```python\n{WRONG_135}```") == 0.0
     assert score(mb, f"```python\n{WRONG_802}```") == 0.0
     assert score(he, f"```python\n{he.question}{_record('humaneval', 'HumanEval/135')['canonical_solution']}```") == 1.0
