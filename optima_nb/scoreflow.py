@@ -19,13 +19,14 @@ from .models import DEFAULT_MODEL, load_tokenizer
 from .rundir import (BASE, ENGINE_PIDS, EVALUATE, PAIRS, RECORDS, SCORED, TEST, TRAIN, WORKFLOWS, Checkpoint, RunDir, StagedRun,
                               derive_seed, read_checkpoint, record_engine, release_backend)
 from .benchmarks import AFLOW_BENCHMARKS, BENCHMARK_KINDS, GENERATED_BENCHMARKS, Problem, load_benchmark
-from .generator import generator_messages, sample_workflows
+from .generator import WorkflowRecord, generator_messages, sample_workflows
 from .example_workflows import example_records, warm_start_examples
 from .workflow_executor import ExecutorConfig, SandboxConfig, WorkflowExecutor, WorkflowResult, make_executor_backend
 
 # %% auto #0
 __all__ = ['ABLATION_VARIANTS', 'GeneratorConfig', 'paper_train_config', 'ScoreFlowConfig', 'pairs_to_draw',
            'load_scoreflow_config', 'load_split', 'build_pairs', 'pair_draw', 'resample_pairs', 'train_generator',
+           'GeneratorSlot', 'sample_candidates', 'with_examples', 'execution_summary', 'scoreflow_metrics_row',
            'ScoreFlowRun', 'summarize_scores', 'operator_mix', 'run_scoreflow', 'hf_generator', 'bench_generator',
            'share_stage', 'ablation', 'format_ablation', 'seeded_config', 'summarize_ablation', 'iterations_to_reach',
            'format_ablation_seeds', 'ablation_seeds']
@@ -166,14 +167,87 @@ def train_generator(base_model: str, pairs: Sequence[dict], cfg: TrainConfig, pa
     drawn = resample_pairs(pairs, pairs_per_iteration, cfg.score_d_power, cfg.seed)
     return run_training("dpo", base_model, drawn, dataclasses.replace(cfg, pairs_per_epoch=None), out_dir, init_adapter, launcher)
 
+# %% ../nbs/28_scoreflow.ipynb #b8f48984
+class GeneratorSlot:
+    "The generator backend of one checkpoint at a time: an HF model per checkpoint, or one vLLM engine whose LoRA adapter is swapped."
+    def __init__(self, g: GeneratorConfig, seed: int, engine_pids: Path | None = None, factory: Callable | None = None,
+                 progress: bool = False):
+        self.g, self.seed, self.engine_pids, self.factory, self.progress = g, seed, engine_pids, factory, progress
+        self._key = self._backend = self._vllm = None
+
+    def get(self, ck: Checkpoint):
+        "A backend serving checkpoint `ck` (reused while the checkpoint stays the same)."
+        key = (ck["model"], ck["adapter"])
+        if key != self._key:
+            self.release()
+            self._backend, self._key = self.make(*key), key
+        return self._backend
+
+    def make(self, model: str, adapter: str | None):
+        "A new backend for (model, adapter): the factory's, the run's vLLM engine with the adapter set, or an HF generator."
+        if self.factory is not None: return self.factory(model, adapter)
+        if self.g.backend != "vllm": return hf_generator(self.g, model, adapter, progress=self.progress)
+        from optima_nb.backends import VLLMBackend
+        if self._vllm is not None and self._vllm.served_model != model: self.release(engine=True)   # a full model: new weights
+        if self._vllm is None:
+            g = self.g
+            self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization,
+                                     dtype=g.dtype, enforce_eager=g.enforce_eager, max_model_len=g.max_model_len, seed=self.seed)
+            self._vllm.served_model = model
+            if self.engine_pids is not None: record_engine(self._vllm, self.engine_pids)
+        self._vllm.set_adapter(adapter)
+        return self._vllm
+
+    def release(self, engine: bool = False):
+        "Drop the HF generator (and with `engine`, shut the vLLM engine down) to free memory, e.g. before training."
+        self._backend = self._key = None
+        vllm = self._vllm if engine else None
+        if engine: self._vllm = None
+        release_backend(vllm)   # closes the engine (if any), then collects garbage and empties the CUDA cache
+
+# %% ../nbs/28_scoreflow.ipynb #f5a1d906
+def sample_candidates(cfg: ScoreFlowConfig, problems: Sequence[Problem], generator, k: int, seed: int,
+                      batch_check: Callable | None = None) -> list[WorkflowRecord]:
+    "k workflows per problem from `generator` with the config's sampling settings (invalid ones resampled)."
+    g = cfg.generator
+    params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed, stop=list(g.stop))
+    recs = sample_workflows(problems, generator, k=k, max_resamples=cfg.max_resamples, seed=seed, params=params, batch_check=batch_check)
+    return [{**r, "seed_workflow": None} for r in recs]
+
+def with_examples(problems: Sequence[Problem], sampled: Sequence[WorkflowRecord], k: int) -> list[WorkflowRecord]:
+    "Each problem's sampled workflows followed by its example workflows (indexed from `k`)."
+    return [x for p in problems for x in [s for s in sampled if s["problem_id"] == p.id] + example_records(p, k)]
+
+def execution_summary(scored: Sequence[WorkflowResult]) -> dict:
+    "Runs, failed runs, mean score and how many workflows scored above 0, for an execute stage's DONE marker."
+    runs = [x for r in scored for x in r["executions"]]
+    return {"n_runs": len(runs), "n_failed_runs": sum(not x["ok"] for x in runs),
+            "mean_score": statistics.fmean(r["score"] for r in scored) if scored else 0.0,
+            "n_scored_above_0": sum(r["score"] > 0 for r in scored)}
+
+def scoreflow_metrics_row(it, infos: dict[str, dict]) -> dict:
+    "One metrics row of a ScoreFlow iteration from its stages' DONE markers."
+    ev = infos[EVALUATE]
+    row = {"iteration": it, "split": ev["split"], "mean_score": ev["mean_score"], "score": ev["score"],
+           "n_problems": ev["n_problems"], "eval_valid": ev["n_valid"]}
+    if "warm_start" in infos: row["warm_start_examples"] = infos["warm_start"]["n_examples"]
+    if "generate" in infos: row.update({k: infos["generate"][k] for k in ("n_workflows", "n_sampled", "n_valid", "n_seeds")})
+    if "execute" in infos: row.update(train_mean_score=infos["execute"]["mean_score"], n_failed_runs=infos["execute"]["n_failed_runs"])
+    if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
+    if TRAIN in infos: row.update({k: infos[TRAIN][k] for k in ("n_pairs_trained", "skipped", "loss") if k in infos[TRAIN]})
+    if ev.get("missing"): row["missing"] = sorted(ev["missing"])
+    if "operator_mix" in ev: row["eval_operator_mix"] = ev["operator_mix"]
+    return row
+
+
 # %% ../nbs/28_scoreflow.ipynb #e331fc61
 class ScoreFlowRun(StagedRun):
     "A ScoreFlow run: warm start, base evaluation, iterations of generate/execute/pairs/train/evaluate, then the test split."
     def __init__(self, cfg: ScoreFlowConfig, out, progress: bool = True, generator_factory: Callable | None = None,
                  executor_backend=None):
         super().__init__(cfg, out, progress)
-        self.generator_factory, self.executor_backend = generator_factory, executor_backend
-        self._gen_key = self._gen = self._vllm = self._executor = None
+        self.executor_backend, self._executor = executor_backend, None
+        self.generators = GeneratorSlot(cfg.generator, cfg.seed, self.rd.root / ENGINE_PIDS, generator_factory, progress)
         self._splits: dict[str, tuple[list[Problem], dict[str, str]]] = {}
 
     # --- resources ---
@@ -188,36 +262,6 @@ class ScoreFlowRun(StagedRun):
         if self.cfg.warm_start is None: return {"model": self.cfg.generator.model, "adapter": None}
         return read_checkpoint(self.warm_start(), self.rd.root)
 
-    def generator(self, ck: Checkpoint):
-        "A generation backend for checkpoint `ck` (reused while the checkpoint stays the same)."
-        key = (ck["model"], ck["adapter"])
-        if key != self._gen_key:
-            self.release_generator()
-            self._gen, self._gen_key = self._make_generator(*key), key
-        return self._gen
-
-    def _make_generator(self, model: str, adapter: str | None):
-        g = self.cfg.generator
-        if self.generator_factory is not None: return self.generator_factory(model, adapter)
-        if g.backend == "vllm":
-            from optima_nb.backends import VLLMBackend
-            if self._vllm is not None and self._vllm.served_model != model: self.release_generator(engine=True)  # a full model: new weights
-            if self._vllm is None:
-                self._vllm = VLLMBackend(model, enable_lora=True, max_lora_rank=g.max_lora_rank, gpu_memory_utilization=g.gpu_memory_utilization,
-                                         dtype=g.dtype, enforce_eager=g.enforce_eager, max_model_len=g.max_model_len, seed=self.cfg.seed)
-                self._vllm.served_model = model
-                record_engine(self._vllm, self.rd.root / ENGINE_PIDS)
-            self._vllm.set_adapter(adapter)
-            return self._vllm
-        return hf_generator(g, model, adapter, progress=self.progress)
-
-    def release_generator(self, engine: bool = False):
-        "Drop the HF generator (and with `engine`, shut the vLLM engine down) to free memory, e.g. before training."
-        self._gen = self._gen_key = None
-        vllm = self._vllm if engine else None
-        if engine: self._vllm = None
-        release_backend(vllm)   # closes the engine (if any), then collects garbage and empties the CUDA cache
-
     def executor(self) -> WorkflowExecutor:
         "The run's executor (built on first use)."
         if self._executor is None:
@@ -229,23 +273,23 @@ class ScoreFlowRun(StagedRun):
     def release(self):
         "Stop the executor's queue and shut the generator down."
         if self._executor is not None: self._executor.close(); self._executor = None
-        self.release_generator(engine=True)
+        self.generators.release(engine=True)
 
     close = release
+
+    def generator(self, ck: Checkpoint):
+        "The generation backend for checkpoint `ck`."
+        return self.generators.get(ck)
 
     def _seed(self, stage: str, iteration) -> int: return derive_seed(self.cfg.seed, f"scoreflow.{stage}", iteration)
 
     def _sample(self, problems, ck, k: int, seed: int) -> list[dict]:
-        g = self.cfg.generator
-        params = GenerationParams(n=k, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed, stop=list(g.stop))
         check = self.executor().smoke if self.cfg.smoke_run else None
-        recs = sample_workflows(problems, self.generator(ck), k=k, max_resamples=self.cfg.max_resamples, seed=seed, params=params,
-                                batch_check=check)
-        return [{**r, "seed_workflow": None} for r in recs]
+        return sample_candidates(self.cfg, problems, self.generators.get(ck), k, seed, check)
 
     def _train(self, tmp: Path, init: Checkpoint, train: Callable[[Path], Path], cfg: TrainConfig) -> Checkpoint:
         "Train (generator released first) into `tmp`, then record the checkpoint it produced."
-        self.release_generator(engine=True)
+        self.generators.release(engine=True)
         return self.record_trained(tmp, init, train(tmp / ("adapter" if cfg.lora else "model")))
 
     # --- stages ---
@@ -264,9 +308,7 @@ class ScoreFlowRun(StagedRun):
         def compute(tmp):
             problems = self.split("validate")
             sampled = self._sample(problems, self.checkpoint(i - 1), self.cfg.k, self._seed("generate", i))
-            recs = sampled
-            if i == 0 and self.cfg.seed_workflows:
-                recs = [x for p in problems for x in [s for s in sampled if s["problem_id"] == p.id] + example_records(p, self.cfg.k)]
+            recs = with_examples(problems, sampled, self.cfg.k) if i == 0 and self.cfg.seed_workflows else sampled
             return {WORKFLOWS: recs}, {"n_workflows": len(recs), "n_valid": sum(r["valid"] for r in sampled), "n_sampled": len(sampled),
                                        "n_seeds": len(recs) - len(sampled), "operator_mix": operator_mix(sampled)}
         return self.stage(i, "generate", compute)
@@ -275,10 +317,7 @@ class ScoreFlowRun(StagedRun):
         "Run every workflow `executions` times in the sandbox and score it."
         def compute(tmp):
             scored = self.executor().run(self.rd.read(i, "generate", WORKFLOWS), self.split("validate"))
-            runs = [x for r in scored for x in r["executions"]]
-            return {SCORED: scored}, {"n_runs": len(runs), "n_failed_runs": sum(not x["ok"] for x in runs),
-                                      "mean_score": statistics.fmean(r["score"] for r in scored) if scored else 0.0,
-                                      "n_scored_above_0": sum(r["score"] > 0 for r in scored)}
+            return {SCORED: scored}, execution_summary(scored)
         return self.stage(i, "execute", compute)
 
     def pairs(self, i: int) -> Path:
@@ -321,18 +360,8 @@ class ScoreFlowRun(StagedRun):
 
     def evaluated_iterations(self) -> list: return [BASE, *range(self.cfg.iterations), TEST]
 
-    def metrics_row(self, it, infos: dict[str, dict]) -> dict:
-        ev = infos[EVALUATE]
-        row = {"iteration": it, "split": ev["split"], "mean_score": ev["mean_score"], "score": ev["score"],
-               "n_problems": ev["n_problems"], "eval_valid": ev["n_valid"]}
-        if "warm_start" in infos: row["warm_start_examples"] = infos["warm_start"]["n_examples"]
-        if "generate" in infos: row.update({k: infos["generate"][k] for k in ("n_workflows", "n_sampled", "n_valid", "n_seeds")})
-        if "execute" in infos: row.update(train_mean_score=infos["execute"]["mean_score"], n_failed_runs=infos["execute"]["n_failed_runs"])
-        if "pairs" in infos: row["n_pairs"] = infos["pairs"]["n_pairs"]
-        if TRAIN in infos: row.update({k: infos[TRAIN][k] for k in ("n_pairs_trained", "skipped", "loss") if k in infos[TRAIN]})
-        if ev.get("missing"): row["missing"] = sorted(ev["missing"])
-        if "operator_mix" in ev: row["eval_operator_mix"] = ev["operator_mix"]
-        return row
+    def metrics_row(self, it, infos: dict[str, dict]) -> dict: return scoreflow_metrics_row(it, infos)
+
 
 def summarize_scores(scored: Sequence[dict]) -> dict:
     "Mean workflow score per benchmark, their mean (each benchmark counts once), and counts."

@@ -217,7 +217,7 @@ def test_scoreflow_paper_training_and_serving(tiny, executor_server):
         assert (adapter / "adapter_config.json").exists()
         log = (tiny / "sf-adapter.inputs" / "train.log").read_text()
         assert "trained dpo on 1 process(es)" in log, log[-3000:]
-        generator = run._make_generator(str(tiny / "tiny"), str(adapter))
+        generator = run.generators.make(str(tiny / "tiny"), str(adapter))
         from optima_nb.backends import GenerationParams
         outs = generator.generate([pairs[0]["prompt"]], GenerationParams(n=2, temperature=0.2, max_new_tokens=8, seed=0))
         assert len(outs[0]) == 2 and all(c.n_tokens >= 1 for c in outs[0])
